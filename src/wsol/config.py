@@ -1,0 +1,170 @@
+"""Run configuration: pydantic schemas, YAML loading and ``--set a.b=c`` overrides.
+
+Every run is one validated YAML (data, model, optim, eval) saved next to its outputs so
+the run can be reproduced from its folder. Errors name the field and what was expected,
+in one line (see :func:`format_validation_error`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from wsol.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(_Strict):
+    hflip: bool = True
+    vflip: bool = True
+    rot90: bool = True
+    color_jitter: float = Field(0.0, ge=0.0, le=1.0, description="strength of brightness/contrast/saturation jitter")
+
+
+class DataConfig(_Strict):
+    name: str = "synthetic-glas"
+    root: str = "data/synthetic-glas"
+    image_size: int = Field(128, gt=0, description="images are resized to this square size")
+    crop_size: int | None = Field(None, gt=0, description="random crop size at training (None: no crop)")
+    augment: AugmentConfig = AugmentConfig()
+    num_workers: int = Field(0, ge=0)
+    options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific reader options")
+
+
+class BackboneConfig(_Strict):
+    name: str = "resnet18"
+    weights: str = Field("none", description="'none', a torchvision weights enum name, or a local file path")
+    cam_friendly: bool = Field(False, description="protocol's CAM-friendly strides (e.g. ResNet-50 layer4 stride 1)")
+
+
+class MethodConfig(_Strict):
+    name: str = "cam"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ModelConfig(_Strict):
+    backbone: BackboneConfig = BackboneConfig()
+    method: MethodConfig = MethodConfig()
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(0.01, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    nesterov: bool = True
+    weight_decay: float = Field(1e-4, ge=0)
+    head_lr_mult: float = Field(10.0, gt=0, description="LR multiplier of the classifier head / new layers")
+    step_size: int = Field(0, ge=0, description="epochs between LR decays (0: no decay)")
+    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(32, ge=1)
+    every: int = Field(1, ge=1, description="validate every N epochs")
+    gallery: int = Field(8, ge=0, description="test images shown in the report gallery")
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    run_dir: str = "runs/default"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+def format_validation_error(err: ValidationError, source: str = "config") -> str:
+    """One readable line per problem: ``source: field.path: message (got value)``."""
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        else:
+            msg = e["msg"]
+        got = e.get("input")
+        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        parts.append(f"{loc}: {msg}{got_s}")
+    return f"{source}: " + "; ".join(parts)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """Parse ``a.b.c=value`` (value read as YAML: numbers, booleans, lists...)."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set optim.lr=0.01")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"--set {item!r}: malformed key {key!r}, expected dotted path like optim.lr")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__})") from None
+    return key.split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = node[p] = {}
+            if not isinstance(nxt, dict):
+                raise ConfigError(f"--set {item!r}: {p!r} is a value, not a section")
+            node = nxt
+        node[path[-1]] = value
+    return data
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}:{where}: invalid YAML ({getattr(e, 'problem', e)})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def build_config(data: dict, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Load and validate a run config from YAML (or defaults), applying ``--set`` overrides."""
+    data = load_yaml(path) if path is not None else {}
+    data = apply_overrides(data, overrides or [])
+    return build_config(data, str(path) if path else "config")
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(dump_config(cfg))
+    tmp.replace(path)
