@@ -150,11 +150,28 @@ def build_config(data: dict, source: str = "config") -> RunConfig:
         raise ConfigError(format_validation_error(e, source)) from None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """Load and validate a run config from YAML (or defaults), applying ``--set`` overrides."""
-    data = load_yaml(path) if path is not None else {}
+def deep_merge(base: dict, update: dict) -> dict:
+    """Recursively merge ``update`` into a copy of ``base`` (later values win)."""
+    out = dict(base)
+    for k, v in update.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(
+    paths: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
+) -> RunConfig:
+    """Load and validate a run config from one or several YAML files merged in order (e.g. a
+    dataset file then a method file), then apply ``--set a.b=c`` overrides."""
+    if paths is None:
+        paths = []
+    elif isinstance(paths, (str, Path)):
+        paths = [paths]
+    data: dict = {}
+    for p in paths:
+        data = deep_merge(data, load_yaml(p))
     data = apply_overrides(data, overrides or [])
-    return build_config(data, str(path) if path else "config")
+    return build_config(data, " + ".join(str(p) for p in paths) or "config")
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -2,7 +2,7 @@
 
 ``build_backbone(cfg)`` gives a module with ``out_channels`` and ``stride`` attributes.
 ``cam_friendly=True`` applies the WSOL protocol's higher-resolution variants (Choe et al.,
-2020, as used by the survey): ResNet-50 with layer4 at stride 1 (28×28 maps at 224²),
+2020, as used by the survey): ResNet-50 with layer3 and layer4 at stride 1 (28×28 maps at 224²),
 VGG-16 without its last max-pool (14×14 at 224²), Inception-v3 cut after Mixed_6e.
 
 Weights: ``none`` (random init, the default), a torchvision weights enum name (e.g.
@@ -25,21 +25,38 @@ from wsol.config import BackboneConfig
 from wsol.errors import ConfigError
 
 
-class FeatureBackbone(nn.Module):
-    """A torchvision trunk as named children; ``forward`` returns the last feature map."""
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
-    def __init__(self, layers: dict[str, nn.Module], out_channels: int, stride: int, pre: Callable | None = None):
+
+class Normalize(nn.Module):
+    """Channel-wise (x - mean) / std. wsol images stay in [0, 1] everywhere (masking an
+    image by a CAM happens in that space); each backbone normalises its own input."""
+
+    def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
         super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+class FeatureBackbone(nn.Module):
+    """A trunk as named children run in order after input normalisation; ``forward``
+    returns the last feature map (B×out_channels×h×w)."""
+
+    def __init__(self, layers: dict[str, nn.Module], out_channels: int, stride: int):
+        super().__init__()
+        self.normalize = Normalize()
         for name, mod in layers.items():
             self.add_module(name, mod)
         self._order = list(layers)
         self.out_channels = out_channels
         self.stride = stride
-        self._pre = pre
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._pre is not None:
-            x = self._pre(x)
+        x = self.normalize(x)
         for name in self._order:
             x = getattr(self, name)(x)
         return x
@@ -49,14 +66,16 @@ def _resnet(name: str, cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
     net = getattr(tvm, name)(weights=None)
     stride = 32
     if cam_friendly:
-        # layer4 at stride 1: the first block's conv (3×3 in BasicBlock, conv2 in
-        # Bottleneck) and its downsample 1×1 conv stop striding.
-        block = net.layer4[0]
-        conv = block.conv2 if hasattr(block, "conv3") else block.conv1
-        conv.stride = (1, 1)
-        if block.downsample is not None:
-            block.downsample[0].stride = (1, 1)
-        stride = 16
+        # wsolevaluation's ResNet50-CAM with large_feature_map: layer3 and layer4 at stride 1
+        # (output stride 8 -> 28×28 maps at 224²). In each, the first block's strided conv
+        # (conv2 of a Bottleneck, conv1 of a BasicBlock) and its 1×1 downsample stop striding.
+        for layer in (net.layer3, net.layer4):
+            block = layer[0]
+            conv = block.conv2 if hasattr(block, "conv3") else block.conv1
+            conv.stride = (1, 1)
+            if block.downsample is not None:
+                block.downsample[0].stride = (1, 1)
+        stride = 8
     layers = {k: getattr(net, k) for k in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")}
     return net, FeatureBackbone(layers, net.fc.in_features, stride)
 
