@@ -145,7 +145,7 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
     m = re.search(r"data-probe=\"([^\"]+)\"", dom)
     assert m, "report did not finish loading"
     info = json.loads(m.group(1).replace("&quot;", '"'))
-    assert "data-error" not in dom
+    assert 'data-error="' not in dom, "a script error occurred while rendering"
     assert info["rows"] >= 5  # metrics table rows
     assert info["n"] >= 4 and info["ok"] == info["n"]  # every inline image decoded
     shot = tmp_path / "shot.png"

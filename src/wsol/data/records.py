@@ -62,7 +62,7 @@ def load_image(path: Path, rec: Record | None = None) -> np.ndarray:
         raise DataError(f"{path}: image file not found{where}")
     try:
         with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise DataError(f"{path}: cannot decode image ({e}){where}; re-download or remove it from the split") from None
 

@@ -203,10 +203,10 @@ class Trainer:
             batch = _to_device(batch, self.device)
             terms = method.training_step(batch, state)
             total = terms["total"]
-            if not torch.isfinite(total):
+            if not torch.isfinite(total.detach()):
                 raise WSOLError(
-                    f"epoch {epoch + 1}: loss became {float(total)} (terms: "
-                    + ", ".join(f"{k}={float(v):.4g}" for k, v in terms.items())
+                    f"epoch {epoch + 1}: loss became {float(total.detach())} (terms: "
+                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                     + "); lower optim.lr or check the data"
                 )
             opt.zero_grad(set_to_none=True)
