@@ -95,6 +95,11 @@ def test_cli_evaluate_and_cam(tiny_data, trained, tmp_path, capsys):
     assert main(["evaluate", str(run), "--checkpoint", "last", "--split", "valpx"]) == 0
     m = json.loads((run / "eval/last/valpx/metrics.json").read_text())
     assert "pxap" in m
+    # images are stored at the model input size (48), so evaluating at the original size
+    # goes through the original-label path and must give the same numbers
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--split", "valpx", "--eval-size", "original"]) == 0
+    m2 = json.loads((run / "eval/last/valpx/metrics.json").read_text())
+    assert m2["pxap"] == pytest.approx(m["pxap"], abs=1e-6)
     img = next(p for p in sorted(tiny_data.rglob("*.png")) if "mask" not in p.parts[-2] and "mask" not in p.name)
     assert main(["cam", str(run), str(img), "--out", str(tmp_path / "cams")]) == 0
     assert (tmp_path / "cams" / f"{img.stem}_heatmap.png").is_file()

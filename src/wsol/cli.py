@@ -17,7 +17,7 @@ from wsol.errors import WSOLError
 
 console = Console(stderr=False)
 CONFIGS = Path(__file__).parent / "configs"  # shipped configs (the repo's configs/ links here)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="wsol: weakly-supervised object localization — train, localize, evaluate.")
@@ -279,20 +279,20 @@ def data_verify(
         k, v = parse_override(o)
         opts[".".join(k)] = v
     rep = verify_dataset(name, root, opts)
-    table = Table(title=f"{name} at {root}")
-    rows = rep.summary
-    if rows:
-        for col in rows[0]:
-            table.add_column(str(col))
-        for r in rows:
-            table.add_row(*[str(v) for v in r.values()])
-        console.print(table)
-    if rep.problems:
-        for p in rep.problems:
-            err_console.print(f"[red]problem[/red] {p}")
-        err_console.print(f"[red]{len(rep.problems)} problem(s)[/red]")
+    table = Table(title=f"{name} at {root} ({rep.checked} images checked)")
+    for col in ("split", "class", "images", "with mask", "with boxes"):
+        table.add_column(col)
+    for r in rep.rows:
+        table.add_row(r.split, "all" if r.class_id == -1 else r.class_name, str(r.images), str(r.with_mask),
+                      str(r.with_boxes))
+    console.print(table)
+    for p in rep.problems:
+        color = "red" if p.severity == "error" else "yellow"
+        err_console.print(f"[{color}]{p.severity}[/{color}] {p.split}: {p.where}: {p.message}", highlight=False)
+    if not rep.ok:
+        err_console.print(f"[red]{len(rep.errors)} error(s)[/red], {len(rep.warnings)} warning(s)")
         raise typer.Exit(1)
-    console.print("[green]no problem found[/green]")
+    console.print(f"[green]no error[/green], {len(rep.warnings)} warning(s)")
 
 
 @data_app.command("prepare")
@@ -310,19 +310,19 @@ def data_prepare(
     from wsol.data.wsi import prepare_camelyon16
 
     with _progress() as progress:
-        task = progress.add_task("slides", total=None)
+        tasks: dict[str, int] = {}
 
-        def cb(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
+        def cb(stage: str, done: int, total: int, name: str) -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(f"{stage}", total=total)
+            progress.update(tasks[stage], completed=done, total=total, description=f"{stage} {name}"[:28])
 
         summary = prepare_camelyon16(wsi, annotations, out, seed=seed, workers=workers, progress=cb)
     table = Table(title=f"camelyon16 patches → {out}")
-    rows = summary.rows()
-    if rows:
-        for col in rows[0]:
-            table.add_column(str(col))
-        for r in rows:
-            table.add_row(*[str(v) for v in r.values()])
+    for col in summary.COLUMNS:
+        table.add_column(col)
+    for row in summary.rows():
+        table.add_row(*[str(v) for v in row])
     console.print(table)
 
 

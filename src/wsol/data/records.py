@@ -146,17 +146,27 @@ def load_sample(rec: Record) -> Sample:
 
 
 class RecordDataset(Dataset):
-    """Samples from records, with an optional joint transform ``Sample -> Sample``."""
+    """Samples from records, with an optional joint transform ``Sample -> Sample``.
+
+    ``keep_original``: also return the labels at the image's original resolution —
+    ``orig_size`` (H, W), ``orig_mask`` and ``orig_boxes`` (None when absent) — for
+    evaluation at each image's own size (``wsol evaluate --eval-size original``)."""
 
     def __init__(self, records: list[Record], transform: Callable[[Sample], Sample] | None = None,
-                 class_names: list[str] | None = None):
+                 class_names: list[str] | None = None, keep_original: bool = False):
         self.records = list(records)
         self.transform = transform
         self.class_names = class_names
+        self.keep_original = keep_original
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> Sample:
         s = load_sample(self.records[i])
-        return self.transform(s) if self.transform is not None else s
+        out = self.transform(dict(s)) if self.transform is not None else s
+        if self.keep_original:
+            out["orig_size"] = tuple(s["image"].shape[-2:])
+            out["orig_mask"] = s.get("mask")
+            out["orig_boxes"] = s.get("boxes")
+        return out

@@ -61,12 +61,14 @@ def check_split(split: str) -> str:
     return split
 
 
-def build_dataset(cfg: DataConfig, split: str, train: bool = False) -> RecordDataset:
+def build_dataset(cfg: DataConfig, split: str, train: bool = False, keep_original: bool = False) -> RecordDataset:
     """The split as a torch Dataset of transformed Samples (training augmentation when
-    ``train``; evaluation transform — a plain resize — otherwise)."""
+    ``train``; evaluation transform — a plain resize — otherwise). ``keep_original``: also
+    carry the labels at each image's original size (see RecordDataset)."""
     from wsol.data.transforms import build_transform
 
     spec = get_dataset(cfg.name)
     root = Path(cfg.root)
     records = spec.list_records(root, check_split(split), dict(cfg.options))
-    return RecordDataset(records, build_transform(cfg, train), spec.class_names(root, dict(cfg.options)))
+    return RecordDataset(records, build_transform(cfg, train), spec.class_names(root, dict(cfg.options)),
+                         keep_original=keep_original)

@@ -13,7 +13,8 @@ A **Sample** is a dict:
 ``masks`` (B×H×W uint8 when every sample has one of the same size; a list of tensors or
 None per sample when sizes differ or some lack one; None when no sample has one),
 ``has_mask`` B (bool), ``boxes`` list of N_i×4 tensors (0×4 when absent),
-``image_ids`` list of str.
+``image_ids`` list of str; with ``keep_original`` datasets also ``orig_sizes`` (list of
+(H, W)), ``orig_masks`` and ``orig_boxes`` (lists, None where absent).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     boxes = [
         s["boxes"].float().reshape(-1, 4) if s.get("boxes") is not None else torch.zeros(0, 4) for s in samples
     ]
-    return {
+    batch = {
         "images": images,
         "labels": labels,
         "masks": masks,
@@ -56,3 +57,8 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
         "boxes": boxes,
         "image_ids": [s["image_id"] for s in samples],
     }
+    if "orig_size" in samples[0]:  # RecordDataset(keep_original=True): labels at original size
+        batch["orig_sizes"] = [s["orig_size"] for s in samples]
+        batch["orig_masks"] = [s.get("orig_mask") for s in samples]
+        batch["orig_boxes"] = [s.get("orig_boxes") for s in samples]
+    return batch

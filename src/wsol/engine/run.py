@@ -74,7 +74,7 @@ def evaluate_run(
         sel = evaluate_split(method, loader, loc_kind=loc_kind, device=device, localizer=localizer,
                              progress=cb.on_advance)
         tau_star = sel.metrics.get("tau")
-    loader = make_loader(cfg, split, train=False)
+    loader = make_loader(cfg, split, train=False, keep_original=eval_size == "original")
     cb.on_stage(f"{checkpoint}: {split}", len(loader.dataset))
     res = evaluate_split(method, loader, loc_kind=loc_kind, device=device, localizer=localizer, tau=tau_star,
                          eval_size=eval_size, progress=cb.on_advance, gallery=cfg.eval.gallery)

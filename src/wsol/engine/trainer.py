@@ -69,8 +69,8 @@ def _worker_init(worker_id: int) -> None:
     random.seed(s)
 
 
-def make_loader(cfg: RunConfig, split: str, train: bool, seed: int = 0) -> DataLoader:
-    ds = build_dataset(cfg.data, split, train=train)
+def make_loader(cfg: RunConfig, split: str, train: bool, seed: int = 0, keep_original: bool = False) -> DataLoader:
+    ds = build_dataset(cfg.data, split, train=train, keep_original=keep_original)
     if len(ds) == 0:
         raise WSOLError(f"split {split!r} of {cfg.data.name} at {cfg.data.root} is empty")
     g = torch.Generator()
