@@ -4,6 +4,7 @@ folder, then rename — an interrupted write never leaves a half-written file be
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -35,5 +36,18 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+def _finite(x: Any) -> Any:
+    """NaN / inf (undefined metrics, e.g. F1- of a split without background) become null."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
+    return x
+
+
 def write_json(path: Path | str, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False, default=_jsonable))
+    """Strict JSON (no NaN tokens: undefined values are written as null), atomically."""
+    obj = json.loads(json.dumps(obj, default=_jsonable))  # numpy/torch -> plain Python
+    atomic_write_text(path, json.dumps(_finite(obj), indent=2, allow_nan=False))

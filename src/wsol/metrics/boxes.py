@@ -1,0 +1,307 @@
+"""Box localisation metrics with wsolevaluation semantics (Choe et al., 2020; f-cam.txt
+§4.1): MaxBoxAcc (V1), MaxBoxAccV2, GT-known / top-1 / top-5 localisation, plus the
+weight-map box rule (weight-map-wsol.txt Eqs. 5-6). Conventions: see the package docstring.
+
+Per image the CAM is quantised once to uint8; the 1000 thresholds τ map to integer levels
+``int(τ·max)``, and the binary map ``q > level`` only changes where a level crosses a pixel
+value that occurs in the image, so contours are computed once per distinct binary map
+(≤ 256 per image) and scattered back to the 1000 thresholds. State: per-τ counters only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from wsol.errors import MetricError
+from wsol.metrics.pixel import validate_cams
+
+#: τ ∈ {0, 0.001, ..., 0.999}, exactly as wsolevaluation builds them (np.arange, float64)
+BOX_TAUS = np.arange(0, 1, 0.001)
+IOU_DELTAS = (0.3, 0.5, 0.7)
+#: LEVELS[l, m] = int(τ_l · m): the uint8 level of threshold l for an image whose quantised
+#: maximum is m (same float64 arithmetic as wsolevaluation's ``int(threshold * max)``)
+LEVELS = np.floor(BOX_TAUS[:, None] * np.arange(256)[None, :]).astype(np.int64)
+WEIGHT_MAP_FRACTION = 0.1  # Eq. 5, weight-map-wsol: τ = max(M)/10
+
+
+def quantize(cams: torch.Tensor) -> np.ndarray:
+    """uint8 maps as wsolevaluation: ``(s·255).astype(uint8)`` (float32 product, truncated)."""
+    return (cams.float() * 255).to(torch.uint8).cpu().numpy()
+
+
+def contour_boxes(
+    binary: np.ndarray, offset: tuple[int, int] = (0, 0), shape: tuple[int, int] | None = None
+) -> tuple[np.ndarray, int]:
+    """All contour boxes of a binary uint8 map (findContours RETR_TREE, CHAIN_APPROX_SIMPLE;
+    box = (x, y, min(x+w, W−1), min(y+h, H−1)) from boundingRect), and the index of the
+    largest contour (cv2.contourArea, first on ties). No contour → one box (0, 0, 0, 0).
+    ``binary`` may be a crop at ``offset`` (x, y) of a map of ``shape`` (H, W)."""
+    H, W = binary.shape if shape is None else shape
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    if len(contours) == 0:
+        return np.zeros((1, 4), dtype=np.int64), 0
+    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+    x, y = rects[:, 0] + offset[0], rects[:, 1] + offset[1]
+    boxes = np.stack([x, y, np.minimum(x + rects[:, 2], W - 1), np.minimum(y + rects[:, 3], H - 1)], axis=1)
+    areas = [cv2.contourArea(c) for c in contours]
+    return boxes, int(np.argmax(areas))
+
+
+def rescale_boxes(boxes: Any, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Boxes (x1, y1, x2, y2) in pixels of an image of size ``from_size`` (H, W) moved to an
+    image of size ``to_size`` (H', W') as wsolevaluation does: x·W'/W and y·H'/H, truncated
+    to integers."""
+    b = np.asarray(boxes.cpu() if isinstance(boxes, torch.Tensor) else boxes, dtype=np.float64).reshape(-1, 4)
+    (h, w), (h2, w2) = from_size, to_size
+    # same operation order as wsolevaluation's resize_bbox: (x·W') / W, then int()
+    return (b * np.array([w2, h2, w2, h2], dtype=np.float64) / np.array([w, h, w, h], dtype=np.float64)).astype(
+        np.int64
+    )
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU matrix of boxes (x1, y1, x2, y2) with inclusive pixel areas ((x2−x1+1)·(y2−y1+1)),
+    as wsolevaluation's ``calculate_multiple_iou``."""
+    a = a.astype(np.float64)[:, None]
+    b = b.astype(np.float64)[None]
+    iw = np.clip(np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0]) + 1, 0, None)
+    ih = np.clip(np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1]) + 1, 0, None)
+    inter = iw * ih
+    area_a = (a[..., 2] - a[..., 0] + 1) * (a[..., 3] - a[..., 1] + 1)
+    area_b = (b[..., 2] - b[..., 0] + 1) * (b[..., 3] - b[..., 1] + 1)
+    return inter / (area_a + area_b - inter)
+
+
+def image_box_ious(q: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best IoU with any GT box at each of the 1000 thresholds, for the largest contour (V1)
+    and for all contours (V2). ``q``: uint8 H×W map; ``gt``: K×4 boxes."""
+    levels = LEVELS[:, int(q.max())]  # 1000 integer levels, pixels kept if q > level
+    values = np.unique(q)
+    # q > level ⟺ q ≥ first value above level: the binary map depends only on that rank
+    rank = np.searchsorted(values, levels, side="right")
+    ranks, inverse = np.unique(rank, return_inverse=True)
+    # bounding rows/columns of {q ≥ v} for every value v: findContours runs on that crop
+    # (with a 1-pixel zero margin, so the result is the full map's, translated)
+    H, W = q.shape
+    rows = q.max(axis=1)[None, :] >= values[:, None]  # V×H
+    cols = q.max(axis=0)[None, :] >= values[:, None]  # V×W
+    y0, y1 = rows.argmax(1), H - 1 - rows[:, ::-1].argmax(1)
+    x0, x1 = cols.argmax(1), W - 1 - cols[:, ::-1].argmax(1)
+    boxes, largest, starts = [], [], []
+    n = 0
+    for r in ranks:
+        if r >= len(values):  # nothing above the level: no contour
+            b, k = np.zeros((1, 4), dtype=np.int64), 0
+        else:
+            ya, yb = max(y0[r] - 1, 0), min(y1[r] + 2, H)
+            xa, xb = max(x0[r] - 1, 0), min(x1[r] + 2, W)
+            crop = np.ascontiguousarray(q[ya:yb, xa:xb] >= values[r]).view(np.uint8)
+            b, k = contour_boxes(crop, (xa, ya), (H, W))
+        boxes.append(b)
+        largest.append(n + k)
+        starts.append(n)
+        n += len(b)
+    iou = box_iou(np.concatenate(boxes), gt).max(axis=1)  # best GT match of every box
+    best_v1 = iou[largest]
+    best_v2 = np.maximum.reduceat(iou, starts)
+    return best_v1[inverse], best_v2[inverse]
+
+
+def weight_map_box(cam: np.ndarray) -> tuple[np.ndarray, float]:
+    """Weight-map rule (Eqs. 5-6, weight-map-wsol): M̂ = M with values < max(M)/10 set to 0;
+    box of the largest contour of M̂ > 0 (wsolevaluation box convention); S = mass of M̂
+    inside the contour's bounding rectangle / total mass of M̂ (1.0 for an all-zero map)."""
+    cam = np.asarray(cam, dtype=np.float32)
+    H, W = cam.shape
+    m_hat = np.where(cam >= cam.max() * WEIGHT_MAP_FRACTION, cam, 0).astype(np.float64)
+    binary = (m_hat > 0).astype(np.uint8)
+    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+    total = m_hat.sum()
+    if len(contours) == 0:
+        return np.zeros(4, dtype=np.int64), 1.0
+    c = max(contours, key=cv2.contourArea)
+    x, y, w, h = cv2.boundingRect(c)
+    inside = m_hat[y : y + h, x : x + w].sum()
+    box = np.array([x, y, min(x + w, W - 1), min(y + h, H - 1)], dtype=np.int64)
+    return box, float(inside / total) if total > 0 else 1.0
+
+
+def _topk_hits(preds: Any, targets: Any, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Per image: target is the top-1 / within the top-5 prediction. ``preds``: B×C float
+    scores (logits), or integer class ids, B (top-1 only) or B×k ranked (k ≥ 5 for top-5)."""
+    if preds is None:
+        return None, None
+    if targets is None:
+        raise MetricError("box metrics: top-k localisation needs the targets (GT labels) along with the predictions")
+    preds = torch.as_tensor(preds)
+    t = torch.as_tensor(targets).long().view(-1, 1).to(preds.device)
+    if preds.shape[0] != n or t.shape[0] != n:
+        raise MetricError(f"box metrics: {n} CAMs but {preds.shape[0]} predictions and {t.shape[0]} targets")
+    if preds.dtype.is_floating_point:
+        top, has5 = preds.topk(min(5, preds.shape[1]), dim=1).indices, True
+    else:
+        top = preds.long().view(n, -1)
+        has5 = top.shape[1] >= 5
+    ok1 = (top[:, :1] == t).any(1).cpu().numpy()
+    ok5 = (top[:, :5] == t).any(1).cpu().numpy() if has5 else None
+    return ok1, ok5
+
+
+def _as_boxes(b: Any, i: int) -> np.ndarray:
+    arr = np.asarray(b.cpu() if isinstance(b, torch.Tensor) else b, dtype=np.float64).reshape(-1, 4)
+    if len(arr) == 0:
+        raise MetricError(
+            f"box metrics: image {i} of the batch has no ground-truth box; every image of a box-evaluated split "
+            "needs at least one (x1, y1, x2, y2) box"
+        )
+    if not np.isfinite(arr).all():
+        raise MetricError(f"box metrics: image {i} has non-finite ground-truth box coordinates")
+    return np.trunc(arr)  # integer pixel coordinates, as wsolevaluation's int() after resizing
+
+
+class BoxAccumulator:
+    """Streaming box metrics over a split. ``update(cams, gt_boxes, logits=None, targets=None)``
+    per batch; ``compute()`` → ``max_box_acc`` (V1, δ=0.5, largest contour), ``max_box_acc_v2``
+    (mean over δ ∈ {0.3, 0.5, 0.7} of the per-δ max over τ, all contours), per-δ values and
+    their τ, ``gt_known_loc`` (= max_box_acc), ``top1_loc`` / ``top5_loc`` (V1 sweep, an image
+    counts only if its target is the top-1 / within the top-5 prediction; needs ``logits``),
+    the weight-map rule's accuracy and mean score S. State: per-τ counters (memory does not
+    grow with the number of images); ``merge``/``+``/``state_dict`` sum exactly. ``workers``:
+    threads over the images of a batch (default ``torch.get_num_threads()``)."""
+
+    def __init__(self, workers: int | None = None) -> None:
+        #: threads over the images of a batch (None: torch.get_num_threads())
+        self.workers = workers
+        n = len(BOX_TAUS)
+        self.v1 = torch.zeros(n, dtype=torch.int64)  # #images with IoU ≥ 0.5 (largest contour)
+        self.v2 = torch.zeros(len(IOU_DELTAS), n, dtype=torch.int64)  # per δ, all contours
+        self.top1 = torch.zeros(n, dtype=torch.int64)
+        self.top5 = torch.zeros(n, dtype=torch.int64)
+        # n images, n with top-1 prediction, n with top-5 predictions, weight-map correct (IoU ≥ 0.5)
+        self.counts = torch.zeros(4, dtype=torch.int64)
+        self.wm_score = torch.zeros(1, dtype=torch.float64)
+
+    def update(
+        self,
+        cams: torch.Tensor,
+        gt_boxes: Sequence[Any],
+        logits: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+    ) -> None:
+        """``cams`` B×H×W in [0, 1]; ``gt_boxes`` B lists/arrays K_i×4 (x1, y1, x2, y2) in the
+        CAMs' pixel frame; ``logits`` B×C (for top-k loc) and ``targets`` B (the class whose
+        CAM is evaluated; needed with logits)."""
+        cams = validate_cams(cams)
+        if len(gt_boxes) != cams.shape[0]:
+            raise MetricError(f"box metrics: {cams.shape[0]} CAMs but {len(gt_boxes)} ground-truth box lists")
+        ok1, ok5 = _topk_hits(logits, targets, cams.shape[0])
+        qs = quantize(cams)
+        cams_np = cams.cpu().numpy()
+        gts = [_as_boxes(b, i) for i, b in enumerate(gt_boxes)]
+
+        def one(i: int) -> tuple[np.ndarray, np.ndarray, bool, float]:
+            b1, b2 = image_box_ious(qs[i], gts[i])
+            box, s = weight_map_box(cams_np[i])
+            return b1, b2, bool(box_iou(box[None], gts[i]).max() >= 0.5), s
+
+        workers = min(self.workers or torch.get_num_threads(), len(qs))
+        if workers > 1:  # OpenCV releases the GIL: images in parallel threads
+            with ThreadPoolExecutor(workers) as pool:
+                results = list(pool.map(one, range(len(qs))))
+        else:
+            results = [one(i) for i in range(len(qs))]
+        v1 = np.zeros(len(BOX_TAUS), dtype=np.int64)
+        v2 = np.zeros((len(IOU_DELTAS), len(BOX_TAUS)), dtype=np.int64)
+        t1 = np.zeros(len(BOX_TAUS), dtype=np.int64)
+        t5 = np.zeros(len(BOX_TAUS), dtype=np.int64)
+        wm_ok, wm_s = 0, 0.0  # weight-map rule: #IoU ≥ 0.5, sum of S
+        for i, (b1, b2, wm_hit, s) in enumerate(results):
+            hit1 = b1 >= 0.5
+            v1 += hit1
+            v2 += b2[None] >= np.asarray(IOU_DELTAS)[:, None]
+            if ok1 is not None:
+                t1 += hit1 & bool(ok1[i])
+            if ok5 is not None:
+                t5 += hit1 & bool(ok5[i])
+            wm_ok += wm_hit
+            wm_s += s
+        self.v1 += torch.from_numpy(v1)
+        self.v2 += torch.from_numpy(v2)
+        self.top1 += torch.from_numpy(t1)
+        self.top5 += torch.from_numpy(t5)
+        b = len(qs)
+        self.counts += torch.tensor([b, b if ok1 is not None else 0, b if ok5 is not None else 0, wm_ok])
+        self.wm_score += wm_s
+
+    def merge(self, other: BoxAccumulator) -> BoxAccumulator:
+        for k, v in other.state_dict().items():
+            getattr(self, k).add_(v)
+        return self
+
+    def __add__(self, other: BoxAccumulator) -> BoxAccumulator:
+        return BoxAccumulator(self.workers).merge(self).merge(other)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        keys = ("v1", "v2", "top1", "top5", "counts", "wm_score")
+        return {k: getattr(self, k).clone() for k in keys}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v.detach().cpu().to(getattr(self, k).dtype).clone())
+
+    def compute(self) -> dict[str, float]:
+        n, n_top1, n_top5, wm_ok = (int(v) for v in self.counts)
+        if n == 0:
+            raise MetricError("box metrics: no image was given; nothing to evaluate")
+        acc1 = 100.0 * self.v1.double() / n
+        acc2 = 100.0 * self.v2.double() / n
+        l1 = int(acc1.argmax())
+        out: dict[str, float] = {
+            "max_box_acc": float(acc1[l1]),
+            "max_box_acc_tau": float(BOX_TAUS[l1]),
+            "gt_known_loc": float(acc1[l1]),
+        }
+        per_delta = []
+        for d, row in zip(IOU_DELTAS, acc2):
+            l = int(row.argmax())
+            per_delta.append(float(row[l]))
+            out[f"max_box_acc_v2_iou{int(round(d * 100))}"] = float(row[l])
+            out[f"max_box_acc_v2_iou{int(round(d * 100))}_tau"] = float(BOX_TAUS[l])
+        out["max_box_acc_v2"] = float(np.mean(per_delta))
+        for name, cnt, n_k in (("top1_loc", self.top1, n_top1), ("top5_loc", self.top5, n_top5)):
+            if n_k == n:
+                acc = 100.0 * cnt.double() / n
+                l = int(acc.argmax())
+                out[name] = float(acc[l])
+                out[f"{name}_tau"] = float(BOX_TAUS[l])
+        out["weight_map_box_acc"] = 100.0 * wm_ok / n
+        out["weight_map_score_s"] = float(self.wm_score) / n
+        out["n_box_images"] = n
+        return out
+
+    def curves(self) -> dict[str, Any]:
+        """Localisation accuracy (%) vs τ (τ = 0, 0.001, ..., 0.999): V1 and per-δ V2
+        (+ top-1/top-5 loc when logits were given)."""
+        n = max(int(self.counts[0]), 1)
+        out: dict[str, Any] = {"tau": BOX_TAUS.tolist(), "box_acc": (100.0 * self.v1.double() / n).tolist()}
+        for d, row in zip(IOU_DELTAS, self.v2):
+            out[f"box_acc_v2_iou{int(round(d * 100))}"] = (100.0 * row.double() / n).tolist()
+        for j, (name, cnt) in enumerate((("top1_loc", self.top1), ("top5_loc", self.top5)), start=1):
+            if int(self.counts[j]) == int(self.counts[0]) > 0:
+                out[name] = (100.0 * cnt.double() / n).tolist()
+        return out
+
+
+def box_metrics(cams: Any, gt_boxes: Sequence[Any], preds: Any = None, targets: Any = None) -> dict[str, float]:
+    """One call on whole tensors/arrays: ``cams`` N×H×W in [0, 1]; ``gt_boxes`` N arrays K_i×4
+    in the CAMs' pixel frame; ``preds`` N×C logits (or scores) for top-1/top-5 loc with
+    ``targets`` N class ids (the GT labels). Same numbers and keys as :class:`BoxAccumulator`."""
+    acc = BoxAccumulator()
+    acc.update(torch.as_tensor(cams), gt_boxes, None if preds is None else torch.as_tensor(preds), targets)
+    return acc.compute()
