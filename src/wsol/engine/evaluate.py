@@ -4,8 +4,8 @@
 ``wsol.data.sample.collate`` batches and feeds the streaming accumulators:
 classification always, pixel metrics (``loc_kind="mask"``) or box metrics
 (``loc_kind="box"``) when ``localize``. Localisation follows the GT-known protocol: the
-
-
+CAM of the ground-truth class. The model's forward and its own ``localize`` run under
+``torch.no_grad``; an extractor given as ``localizer`` does not (it manages gradients).
 
 ``eval_size``:
 
