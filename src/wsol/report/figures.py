@@ -89,3 +89,31 @@ def gallery(items: list[dict], tau: float | None, class_names: list[str] | None 
             ax.set_title(t, fontsize=7)
             ax.axis("off")
     return _png(fig)
+
+
+def region_sizes(curves: dict, title: str) -> bytes | None:
+    """Predicted vs true ROI fraction per image at τ* (max-min-uncertainty Figs. 7-8)."""
+    reg = curves.get("regions") or {}
+    true, pred = np.asarray(reg.get("true", []), float), np.asarray(reg.get("pred", []), float)
+    if true.size == 0:
+        return None
+    fig, ax = plt.subplots(figsize=(4, 3.6))
+    ax.scatter(true * 100, pred * 100, s=10, alpha=0.7)  # fractions -> %
+    ax.plot([0, 100], [0, 100], "k--", lw=0.8)
+    tau = reg.get("tau")
+    ax.set(xlabel="true ROI fraction (%)", ylabel="predicted ROI fraction (%)", xlim=(0, 100), ylim=(0, 100),
+           title=f"{title}: region sizes" + (f" at τ={tau:.3f}" if tau is not None else ""))
+    return _png(fig)
+
+
+def box_curves(curves: dict, title: str) -> bytes | None:
+    """Box localisation accuracy vs τ (survey Fig. 8, f-cam Fig. 5)."""
+    if "box_acc" not in curves:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    tau = np.asarray(curves["tau"])
+    for key in sorted(k for k in curves if k.startswith(("box_acc", "top1_loc", "top5_loc"))):
+        ax.plot(tau, curves[key], label=key)
+    ax.set(xlabel="threshold τ", ylabel="% of images", title=f"{title}: box localisation vs threshold")
+    ax.legend(fontsize=7)
+    return _png(fig)

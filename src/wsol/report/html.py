@@ -119,7 +119,10 @@ def write_report(run_dir: Path | str, split: str = "test", checkpoints: tuple[st
     for name, e in evals.items():
         tau = e["metrics"].get("tau")
         parts.append(f"<h2>{html.escape(name)}: localisation</h2>")
-        parts.append(_img(figures.pr_and_histogram(e["curves"], tau, name), f"{name} curves"))
+        for png in (figures.pr_and_histogram(e["curves"], tau, name), figures.region_sizes(e["curves"], name),
+                    figures.box_curves(e["curves"], name)):
+            if png is not None:
+                parts.append(_img(png, f"{name} curves"))
         parts.append(f"<h3>{html.escape(name)}: gallery</h3>")
         parts.append(_img(figures.gallery(e["gallery"], tau, class_names), f"{name} gallery"))
 
