@@ -118,9 +118,21 @@ _WEIGHT_ENUMS = {
 }
 
 
-def register_backbone(name: str, builder: Callable[[bool], tuple[nn.Module, FeatureBackbone]]) -> None:
-    """Register a backbone builder ``cam_friendly -> (full_net, FeatureBackbone)``."""
+#: builders that load special weights values themselves: name -> {weights value -> builder}
+_WEIGHTED_BUILDERS: dict[str, dict[str, Callable[[bool], tuple[nn.Module, FeatureBackbone]]]] = {}
+
+
+def register_backbone(
+    name: str,
+    builder: Callable[[bool], tuple[nn.Module, FeatureBackbone]],
+    weights: dict[str, Callable[[bool], tuple[nn.Module, FeatureBackbone]]] | None = None,
+) -> None:
+    """Register a backbone builder ``cam_friendly -> (full_net, FeatureBackbone)``.
+    ``weights`` maps special weights values (e.g. ``imagenet-offline``) to builders that
+    return the network with those weights loaded; other values go the usual way."""
     _BUILDERS[name] = builder
+    if weights:
+        _WEIGHTED_BUILDERS[name] = {k.lower(): v for k, v in weights.items()}
 
 
 def available_backbones() -> list[str]:
@@ -141,7 +153,8 @@ def _state_dict_from_weights(name: str, weights: str) -> dict[str, torch.Tensor]
         return {k.removeprefix("backbone.").removeprefix("module."): v for k, v in sd.items()}
     enum_name = _WEIGHT_ENUMS.get(name)
     if enum_name is None:
-        raise ConfigError(f"model.backbone.weights: backbone {name!r} has no torchvision weights; give a local file")
+        special = "".join(f"'{k}', " for k in _WEIGHTED_BUILDERS.get(name, {}))
+        raise ConfigError(f"model.backbone.weights: backbone {name!r} has no torchvision weights; use {special}'none' or a local file")
     enum_cls = getattr(tvm, enum_name)
     member = weights.split(".")[-1]
     if weights.count(".") and weights.split(".")[0] != enum_name:
@@ -162,6 +175,9 @@ def _state_dict_from_weights(name: str, weights: str) -> dict[str, torch.Tensor]
 def build_backbone(cfg: BackboneConfig) -> FeatureBackbone:
     if cfg.name not in _BUILDERS:
         raise ConfigError(f"model.backbone.name: unknown backbone {cfg.name!r}; valid: {', '.join(available_backbones())}")
+    special = _WEIGHTED_BUILDERS.get(cfg.name, {}).get(cfg.weights.lower())
+    if special is not None:
+        return special(cfg.cam_friendly)[1]
     full, trunk = _BUILDERS[cfg.name](cfg.cam_friendly)
     if cfg.weights.lower() != "none":
         sd = _state_dict_from_weights(cfg.name, cfg.weights)
@@ -178,3 +194,16 @@ def build_backbone(cfg: BackboneConfig) -> FeatureBackbone:
             )
         full.load_state_dict(keep, strict=False)
     return trunk
+
+
+def _efficientnet_lite0(cam_friendly: bool, weights: str = "none") -> tuple[nn.Module, FeatureBackbone]:
+    from wsol.nn.efficientnet import efficientnet_lite0_backbone  # lazy: timm is only needed here
+
+    return efficientnet_lite0_backbone(cam_friendly, weights)
+
+
+register_backbone(
+    "efficientnet_lite0",
+    _efficientnet_lite0,
+    weights={"imagenet-offline": lambda cf: _efficientnet_lite0(cf, "imagenet-offline")},
+)
