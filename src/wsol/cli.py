@@ -216,8 +216,8 @@ def methods() -> None:
     table.add_column("name")
     table.add_column("description")
     for name in available_methods():
-        doc = (METHODS[name].__doc__ or sys.modules[METHODS[name].__module__].__doc__ or "").strip().splitlines()
-        table.add_row(name, doc[0] if doc else "")
+        doc = (METHODS[name].__doc__ or sys.modules[METHODS[name].__module__].__doc__ or "").strip()
+        table.add_row(name, " ".join(doc.split("\n\n")[0].split()))  # first paragraph
     console.print(table)
     try:
         from wsol.explain import EXTRACTORS

@@ -104,7 +104,9 @@ def evaluate_split(
     if localize and loc_fn is None:
         raise MetricError("evaluate_split: the model has no localize(images, targets); pass a localizer")
     cls_acc = ClassificationAccumulator()
-    pix = PixelAccumulator(region_tau=tau) if localize and loc_kind == "mask" else None
+    # F1± at 0.5, or at the threshold that makes a method's own binary mask (MAXMIN: σ)
+    f1_tau = float(getattr(model, "binary_threshold", 0.5)) if localizer is None else 0.5
+    pix = PixelAccumulator(region_tau=tau, f1_tau=f1_tau) if localize and loc_kind == "mask" else None
     box = BoxAccumulator() if localize and loc_kind == "box" else None
     items: list[dict[str, Any]] = []
     was_training = model.training

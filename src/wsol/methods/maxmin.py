@@ -205,6 +205,12 @@ class MaxMin(Method):
         """Graded ``M+`` (before Eq. 12) as a CAM; ``targets`` is not used (see module doc)."""
         return to_cam(self.masks(images)["fg"])
 
+    @property
+    def binary_threshold(self) -> float:
+        """M+ ≥ σ ⇔ the Eq. 12 mask ≥ 0.5: the evaluator scores F1± of the graded M+ at σ,
+        which is the F1 of the paper's binary mask."""
+        return float(self.params.sigma)
+
     def localize_binary(self, images: torch.Tensor, targets: torch.Tensor | None = None) -> torch.Tensor:
         """The pseudo-binary mask of Eq. 12 thresholded at 0.5, as a 0/1 float B×H×W."""
         return (self.masks(images)["mask"] >= 0.5).float()

@@ -112,12 +112,17 @@ class PixelAccumulator:
             ``compute``: then the per-image cumulative counts (1001 int32 per image) are kept,
             which is meant for small selection splits (valpx). ``track_regions=False`` keeps
             no per-image state at all.
+        f1_tau: threshold of the per-image F1+/F1- (default 0.5, the MAXMIN /
+            min-max-entropy definition; a method whose own binary mask is its graded map
+            thresholded at another value, e.g. MAXMIN's M+ ≥ σ, evaluates at that value).
     """
 
     def __init__(
-        self, ignore_index: int = IGNORE_INDEX, region_tau: float | None = None, track_regions: bool = True
+        self, ignore_index: int = IGNORE_INDEX, region_tau: float | None = None, track_regions: bool = True,
+        f1_tau: float = F1_TAU,
     ) -> None:
         self.ignore_index = int(ignore_index)
+        self.f1_tau = tau_to_index(f1_tau) / N_THRESHOLDS
         self.region_tau = None if region_tau is None else tau_to_index(region_tau) / N_THRESHOLDS
         self.track_regions = track_regions
         self.hist = torch.zeros(2, N_THRESHOLDS + 1, dtype=torch.int64)  # [0] background, [1] foreground
@@ -183,7 +188,7 @@ class PixelAccumulator:
         n_bg, n_fg = ge[:, 0, 0], ge[:, 1, 0]
         # per-image F1 at τ = 0.5 (Eqs. 14-15, max-min-uncertainty): F1+ over images with ROI
         # pixels, F1- over images with background pixels
-        h = tau_to_index(F1_TAU)
+        h = tau_to_index(self.f1_tau)
         tp, fp = ge[:, 1, h], ge[:, 0, h]
         tn, fn = n_bg - fp, n_fg - tp
         has_fg, has_bg = n_fg > 0, n_bg > 0
@@ -206,10 +211,11 @@ class PixelAccumulator:
     # --- merging (DDP / split-and-merge) ---------------------------------------------
     def merge(self, other: PixelAccumulator) -> PixelAccumulator:
         """Add ``other`` (same settings) into this accumulator, in place; returns self."""
-        if (other.ignore_index, other.region_tau, other.track_regions) != (
+        if (other.ignore_index, other.region_tau, other.track_regions, other.f1_tau) != (
             self.ignore_index,
             self.region_tau,
             self.track_regions,
+            self.f1_tau,
         ):
             raise MetricError("merge: PixelAccumulators built with different settings cannot be merged")
         self.hist += other.hist
@@ -223,7 +229,7 @@ class PixelAccumulator:
         return self
 
     def __add__(self, other: PixelAccumulator) -> PixelAccumulator:
-        out = PixelAccumulator(self.ignore_index, self.region_tau, self.track_regions)
+        out = PixelAccumulator(self.ignore_index, self.region_tau, self.track_regions, self.f1_tau)
         return out.merge(self).merge(other)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -296,7 +302,7 @@ class PixelAccumulator:
             "dice_bg_pooled": 100.0 * float(d_bg[l_tau]),
             "dice_fg_pooled_tau_star": 100.0 * float(d_fg[l_star]),
             "dice_bg_pooled_tau_star": 100.0 * float(d_bg[l_star]),
-            "f1_tau": F1_TAU,
+            "f1_tau": self.f1_tau,
             "f1_fg_mean": 100.0 * float(self.f1[0] / self.f1[1]) if self.f1[1] > 0 else math.nan,
             "f1_bg_mean": 100.0 * float(self.f1[2] / self.f1[3]) if self.f1[3] > 0 else math.nan,
             "f1_fg_images": int(self.f1[1]),
