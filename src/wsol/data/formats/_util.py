@@ -1,0 +1,256 @@
+"""Shared helpers of the on-disk format readers (glas, cub, flowers, cars, tinyimagenet,
+folder): option parsing, path checks, text tables, several problems in one error, and
+seeded splits written to split files.
+
+Split files: ``<split_dir>/<protocol>_seed<k>/<split>.txt``, one image id per line, written
+atomically on first use and read back afterwards, so a split is stable and inspectable.
+``split_dir`` defaults to ``<root>/splits`` (option ``split_dir`` overrides it, e.g. when the
+dataset folder is read-only).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from wsol.data.registry import SPLITS
+from wsol.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+
+class DataProblems(DataError):
+    """Several problems found in one pass over a metadata file; ``problems`` lists each
+    ("file:line: what was wrong; expected ...; fix ...")."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        head = f"{len(self.problems)} problem(s) in the dataset metadata:\n  " if len(self.problems) > 1 else ""
+        super().__init__(head + "\n  ".join(self.problems))
+
+
+class Collector:
+    """Gathers line-level problems; :meth:`raise_if_any` raises them all at once."""
+
+    def __init__(self) -> None:
+        self.problems: list[str] = []
+
+    def add(self, msg: str) -> None:
+        self.problems.append(msg)
+
+    def raise_if_any(self) -> None:
+        if self.problems:
+            raise DataProblems(self.problems)
+
+
+def parse_options(options: dict | None, defaults: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """Defaults overridden by ``options``; an unknown key is a ConfigError."""
+    options = dict(options or {})
+    unknown = sorted(set(options) - set(defaults))
+    if unknown:
+        raise ConfigError(
+            f"data.options: unknown key(s) {', '.join(map(repr, unknown))} for dataset {dataset!r}; "
+            f"valid keys: {', '.join(sorted(defaults))}"
+        )
+    out = {**defaults, **options}
+    if "seed" in out and not isinstance(out["seed"], int):
+        raise ConfigError(f"data.options.seed: expected an integer, found {out['seed']!r}")
+    if "val_fraction" in out and not (0.0 <= float(out["val_fraction"]) < 1.0):
+        raise ConfigError(f"data.options.val_fraction: expected a number in [0, 1), found {out['val_fraction']!r}")
+    if "valpx_per_class" in out and (not isinstance(out["valpx_per_class"], int) or out["valpx_per_class"] < 0):
+        raise ConfigError(f"data.options.valpx_per_class: expected an integer >= 0, found {out['valpx_per_class']!r}")
+    return out
+
+
+def require_file(path: Path, what: str, fix: str) -> Path:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} not found; {fix}")
+    return path
+
+
+def require_dir(path: Path, what: str, fix: str) -> Path:
+    if not path.is_dir():
+        raise DataError(f"{path}: {what} not found; {fix}")
+    return path
+
+
+def safe_join(base: Path, rel: str, where: str) -> Path:
+    """``base / rel`` for a relative path that stays inside ``base`` (no absolute path, no
+    ``..``); ``where`` ("file:line") goes into the error message."""
+    rel = rel.strip().replace("\\", "/")
+    p = PurePosixPath(rel)
+    if not rel or p.is_absolute() or ".." in p.parts or (len(rel) > 1 and rel[1] == ":"):
+        raise DataError(
+            f"{where}: path {rel!r} escapes the dataset folder {base}; expected a relative path inside it "
+            "(no leading '/', no '..'); fix the line"
+        )
+    return base.joinpath(*p.parts)
+
+
+def text_rows(path: Path, sep: str | None = None, maxsplit: int = -1) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each non-empty, non-comment line (split on ``sep``,
+    whitespace by default, at most ``maxsplit`` times)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file ({e}); re-download it") from None
+    for i, line in enumerate(text.splitlines(), start=1):
+        s = line.strip()
+        if not s or s.startswith("#"):
+            continue
+        yield i, [f.strip() for f in s.split(sep, maxsplit)]
+
+
+def round_half_up(x: float) -> int:
+    return int(math.floor(x + 0.5))
+
+
+# --------------------------------------------------------------------------- seeded splits
+
+
+def stratified_holdout(ids: list[str], labels: list[int], fraction: float,
+                       rng: np.random.Generator) -> tuple[list[str], list[str]]:
+    """Split ``ids`` into (kept, held out): per class, ``round(fraction * n)`` ids are held out
+    (at least 1 when fraction > 0 and the class has >= 2 images, never all of them)."""
+    kept: list[str] = []
+    held: list[str] = []
+    for c in sorted(set(labels)):
+        members = sorted(i for i, lab in zip(ids, labels) if lab == c)
+        n = len(members)
+        k = round_half_up(fraction * n) if fraction > 0 else 0
+        if fraction > 0 and n >= 2:
+            k = min(max(k, 1), n - 1)
+        elif n < 2:
+            k = 0
+        order = rng.permutation(n)
+        held += [members[j] for j in order[:k]]
+        kept += [members[j] for j in order[k:]]
+    return sorted(kept), sorted(held)
+
+
+def pick_per_class(ids: list[str], labels: list[int], k: int, rng: np.random.Generator,
+                   eligible: Callable[[str], bool] | None = None) -> list[str]:
+    """``k`` random ids per class (only ids for which ``eligible`` holds, e.g. those with a mask)."""
+    picked: list[str] = []
+    for c in sorted(set(labels)):
+        members = sorted(i for i, lab in zip(ids, labels) if lab == c and (eligible is None or eligible(i)))
+        if len(members) < k:
+            log.warning("class %d has only %d eligible image(s) for valpx (%d wanted)", c, len(members), k)
+        order = rng.permutation(len(members))
+        picked += [members[j] for j in order[:k]]
+    return sorted(picked)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def gray_mask_loader(path: Path, source: str, threshold: float) -> Callable[[], np.ndarray]:
+    """A Record.mask_loader: the grey image at ``path`` (values 0..255), ROI where
+    value / 255 >= ``threshold``."""
+
+    def load() -> np.ndarray:
+        where = f" (listed at {source})" if source else ""
+        if not path.is_file():
+            raise DataError(f"{path}: mask file not found{where}; restore it or remove the image from the split")
+        try:
+            with Image.open(path) as im:
+                arr = np.asarray(im.convert("L"))
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"{path}: cannot decode mask ({e}){where}; re-download it") from None
+        return (arr.astype(np.float32) >= threshold * 255.0).astype(np.uint8)
+
+    return load
+
+
+def split_folder(root: Path, opts: dict, protocol: str) -> Path:
+    base = Path(opts["split_dir"]) if opts.get("split_dir") else root / "splits"
+    return base / f"{protocol}_seed{opts['seed']}"
+
+
+def stored_splits(folder: Path, known: set[str], compute: Callable[[], dict[str, list[str]]],
+                  known_from: str) -> dict[str, list[str]]:
+    """The four splits (image ids) read from ``folder/<split>.txt``; when any file is missing,
+    ``compute()`` makes them and they are written (atomically) first. Ids not in ``known`` (the
+    dataset's images, listed in ``known_from``) are reported with file and line."""
+    files = {s: folder / f"{s}.txt" for s in SPLITS}
+    if not all(f.is_file() for f in files.values()):
+        splits = compute()
+        try:
+            for s in SPLITS:
+                write_text_atomic(files[s], "".join(f"{i}\n" for i in splits[s]))
+        except OSError as e:
+            raise DataError(
+                f"{folder}: cannot write the split files ({e}); set data.options.split_dir to a writable folder"
+            ) from None
+        log.info("wrote split files to %s (%s)", folder,
+                 ", ".join(f"{s}: {len(splits[s])}" for s in SPLITS))
+        return splits
+    return read_split_files(files, known, known_from,
+                            f"the split files are out of date or edited by hand: delete the folder {folder} "
+                            "to regenerate them")
+
+
+def read_split_files(files: dict[str, Path], known: set[str], known_from: str, fix: str) -> dict[str, list[str]]:
+    """Image ids per split from split files (one id per line); unknown and repeated ids are
+    reported with file and line."""
+    out: dict[str, list[str]] = {}
+    bad = Collector()
+    for s, f in files.items():
+        ids: list[str] = []
+        seen: dict[str, int] = {}
+        for ln, fields in text_rows(f, sep="\t"):
+            i = fields[0]
+            if i not in known:
+                bad.add(f"{f}:{ln}: unknown image id {i!r} (not listed in {known_from}); {fix}")
+            elif i in seen:
+                bad.add(f"{f}:{ln}: image id {i!r} repeats line {seen[i]}; remove the duplicate line")
+            else:
+                seen[i] = ln
+                ids.append(i)
+        out[s] = ids
+    bad.raise_if_any()
+    return out
+
+
+def load_mat(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, Any]:
+    """Variables ``keys`` of a MATLAB file (scipy.io.loadmat, squeezed), with precise errors."""
+    from scipy.io import loadmat
+
+    require_file(path, "MATLAB file", fix)
+    try:
+        data = loadmat(str(path), squeeze_me=True, struct_as_record=True)
+    except Exception as e:  # scipy raises ValueError/TypeError/OSError/MatReadError on corrupt files
+        raise DataError(f"{path}: cannot read the MATLAB file ({type(e).__name__}: {e}); {fix}") from None
+    missing = [k for k in keys if k not in data]
+    if missing:
+        found = sorted(k for k in data if not k.startswith("__"))
+        raise DataError(
+            f"{path}: variable(s) {', '.join(missing)} missing (found: {', '.join(found) or 'none'}); {fix}"
+        )
+    return data
+
+
+def class_names_file(path: Path, n: int) -> list[str] | None:
+    """Optional user class-name file (one name per line, ``n`` lines)."""
+    if not path.is_file():
+        return None
+    names = [f[0] for _, f in text_rows(path, sep="\n")]
+    if len(names) != n:
+        raise DataError(f"{path}: {len(names)} class name(s), expected {n} (one per line); fix or remove the file")
+    return names
