@@ -31,9 +31,11 @@ test: install-test
 test-all: install-test
 	$(BIN)/python -m pytest -n 2 -q
 
+# speed bars of the issues (CPU-heavy, tens of minutes on 2 cores); each prints its measured ratios
 bench: install-test
 	$(PIP) install -c $(CONSTRAINTS) -e '.[bench]'
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_explain.py --batch 8 --score-images 1 --score-size 112
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
