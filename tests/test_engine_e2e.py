@@ -6,7 +6,6 @@ import json
 import shutil
 
 import pytest
-import torch
 
 from wsol.cli import main
 from wsol.config import load_config

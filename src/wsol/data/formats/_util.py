@@ -254,3 +254,31 @@ def class_names_file(path: Path, n: int) -> list[str] | None:
     if len(names) != n:
         raise DataError(f"{path}: {len(names)} class name(s), expected {n} (one per line); fix or remove the file")
     return names
+
+
+def check_unique(records: list, bad: Collector) -> None:
+    """Report every image id listed twice (with both places) into ``bad``."""
+    seen: dict[str, str] = {}
+    for r in records:
+        if r.image_id in seen:
+            bad.add(f"{r.source}: image {r.image_id} already listed at {seen[r.image_id]}; remove the duplicate")
+        seen[r.image_id] = r.source
+
+
+def holdout_splits(root: Path, opts: dict, train_recs: list, test_recs: list, tag: str, known_from: str) -> dict:
+    """Splits of a dataset with an official train/test partition: ``valcl`` is a seeded
+    stratified hold-out (``val_fraction``) of the official train part, ``valpx``
+    ``valpx_per_class`` images per class of ``valcl``, ``test`` the official test part;
+    stored in split files (see :func:`stored_splits`). Returns {split: [records]}."""
+    by_id = {r.image_id: r for r in train_recs + test_recs}
+
+    def compute() -> dict[str, list[str]]:
+        rng = np.random.default_rng(opts["seed"])
+        train, valcl = stratified_holdout([r.image_id for r in train_recs], [r.label for r in train_recs],
+                                          float(opts["val_fraction"]), rng)
+        valpx = pick_per_class(valcl, [by_id[i].label for i in valcl], opts["valpx_per_class"], rng)
+        return {"train": train, "valcl": valcl, "valpx": valpx, "test": sorted(r.image_id for r in test_recs)}
+
+    tag = f"{tag}-val{float(opts['val_fraction']):g}-px{opts['valpx_per_class']}"
+    splits = stored_splits(split_folder(root, opts, tag), set(by_id), compute, known_from)
+    return {k: [by_id[i] for i in ids] for k, ids in splits.items()}

@@ -23,14 +23,12 @@ import numpy as np
 
 from wsol.data.formats._util import (
     Collector,
+    check_unique,
+    holdout_splits,
     load_mat,
     parse_options,
-    pick_per_class,
     require_dir,
     safe_join,
-    split_folder,
-    stored_splits,
-    stratified_holdout,
 )
 from wsol.data.records import Record
 from wsol.data.registry import DatasetSpec, register_dataset
@@ -92,11 +90,7 @@ def read_cars(root: Path) -> tuple[list[Record], list[Record]]:
     bad = Collector()
     train = read_annotations(root, "cars_train_annos.mat", "cars_train", n, bad)
     test = read_annotations(root, "cars_test_annos_withlabels.mat", "cars_test", n, bad)
-    seen: dict[str, str] = {}
-    for r in train + test:
-        if r.image_id in seen:
-            bad.add(f"{r.source}: image {r.image_id} already listed at {seen[r.image_id]}; remove the duplicate")
-        seen[r.image_id] = r.source
+    check_unique(train + test, bad)
     bad.raise_if_any()
     return train, test
 
@@ -105,18 +99,7 @@ def list_records(root: Path, split: str, options: dict) -> list[Record]:
     opts = parse_options(options, DEFAULTS, "cars")
     root = Path(root)
     train_recs, test_recs = read_cars(root)
-    by_id = {r.image_id: r for r in train_recs + test_recs}
-
-    def compute() -> dict[str, list[str]]:
-        rng = np.random.default_rng(opts["seed"])
-        train, valcl = stratified_holdout([r.image_id for r in train_recs], [r.label for r in train_recs],
-                                          float(opts["val_fraction"]), rng)
-        valpx = pick_per_class(valcl, [by_id[i].label for i in valcl], opts["valpx_per_class"], rng)
-        return {"train": train, "valcl": valcl, "valpx": valpx, "test": sorted(r.image_id for r in test_recs)}
-
-    folder = split_folder(root, opts, f"cars-val{float(opts['val_fraction']):g}-px{opts['valpx_per_class']}")
-    splits = stored_splits(folder, set(by_id), compute, "the devkit annotation files")
-    return [by_id[i] for i in splits[split]]
+    return holdout_splits(root, opts, train_recs, test_recs, "cars", "the devkit annotation files")[split]
 
 
 def class_names(root: Path, options: dict) -> list[str]:

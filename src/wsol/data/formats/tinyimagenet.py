@@ -22,13 +22,11 @@ import numpy as np
 
 from wsol.data.formats._util import (
     Collector,
+    check_unique,
+    holdout_splits,
     parse_options,
-    pick_per_class,
     require_file,
     safe_join,
-    split_folder,
-    stored_splits,
-    stratified_holdout,
     text_rows,
 )
 from wsol.data.records import Record
@@ -110,11 +108,7 @@ def read_tiny(root: Path) -> tuple[list[Record], list[Record]]:
         if box is not None:
             val.append(Record(image_id=img.relative_to(root).as_posix(), image_path=img, label=label[f[1]],
                               boxes=box, source=where))
-    seen: dict[str, str] = {}
-    for r in train + val:
-        if r.image_id in seen:
-            bad.add(f"{r.source}: image {r.image_id} already listed at {seen[r.image_id]}; remove the duplicate")
-        seen[r.image_id] = r.source
+    check_unique(train + val, bad)
     bad.raise_if_any()
     return train, val
 
@@ -123,18 +117,7 @@ def list_records(root: Path, split: str, options: dict) -> list[Record]:
     opts = parse_options(options, DEFAULTS, "tinyimagenet")
     root = Path(root)
     train_recs, val_recs = read_tiny(root)
-    by_id = {r.image_id: r for r in train_recs + val_recs}
-
-    def compute() -> dict[str, list[str]]:
-        rng = np.random.default_rng(opts["seed"])
-        train, valcl = stratified_holdout([r.image_id for r in train_recs], [r.label for r in train_recs],
-                                          float(opts["val_fraction"]), rng)
-        valpx = pick_per_class(valcl, [by_id[i].label for i in valcl], opts["valpx_per_class"], rng)
-        return {"train": train, "valcl": valcl, "valpx": valpx, "test": sorted(r.image_id for r in val_recs)}
-
-    tag = f"tinyimagenet-val{float(opts['val_fraction']):g}-px{opts['valpx_per_class']}"
-    splits = stored_splits(split_folder(root, opts, tag), set(by_id), compute, "the train/*_boxes.txt and val files")
-    return [by_id[i] for i in splits[split]]
+    return holdout_splits(root, opts, train_recs, val_recs, "tinyimagenet", "the train/*_boxes.txt and val files")[split]
 
 
 def class_names(root: Path, options: dict) -> list[str]:
