@@ -118,7 +118,7 @@ def _score_setup(args: argparse.Namespace) -> tuple[torch.nn.Module, str, torch.
         from skimage import data
 
         from wsol.nn.backbones import IMAGENET_MEAN, IMAGENET_STD
-    from wsol.nn.efficientnet import efficientnet_lite0
+        from wsol.nn.efficientnet import efficientnet_lite0
 
         model = efficientnet_lite0().eval()
         photos = [data.chelsea(), data.coffee(), data.astronaut(), data.rocket()]
