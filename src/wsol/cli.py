@@ -85,7 +85,7 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def demo(
     dataset: Annotated[str, typer.Option(help="embedded dataset to run on")] = "synthetic-glas",
-    out: Annotated[Path, typer.Option(help="run folder")] = Path("runs/demo"),
+    out: Annotated[Optional[Path], typer.Option(help="run folder (default: the demo config's, runs/demo...)")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="where the embedded data is written")] = None,
     epochs: Annotated[Optional[int], typer.Option(help="override the number of epochs")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="override a config value, e.g. optim.lr=0.01")] = [],
@@ -100,9 +100,10 @@ def demo(
         valid = sorted(p.stem for p in demo_file.parent.glob("*.yaml"))
         raise WSOLError(f"demo: no demo for dataset {dataset!r}; valid: {', '.join(valid)}")
     root = data_root or Path("data") / dataset
-    overrides = [f"run_dir={out}", f"data.root={root}"] + ([f"optim.epochs={epochs}"] if epochs else []) + list(set_)
+    overrides = [f"data.root={root}"] + ([f"run_dir={out}"] if out else []) + ([f"optim.epochs={epochs}"] if epochs else [])
+    overrides += list(set_)
     cfg = load_config([CONFIGS / "datasets" / f"{dataset}.yaml", demo_file], overrides)
-    console.print(f"[bold]wsol demo[/bold]: {dataset} → {out}")
+    console.print(f"[bold]wsol demo[/bold]: {dataset} → {cfg.run_dir}")
     ensure_dataset(cfg.data.name, Path(cfg.data.root))
     with _progress() as progress:
         _, evals = train_and_evaluate(cfg, RichCallbacks(progress))
