@@ -20,8 +20,8 @@ skimage_data = pytest.importorskip("skimage.data")
 from wsol.cams import check_cams  # noqa: E402
 from wsol.config import BackboneConfig  # noqa: E402
 from wsol.explain import build_extractor  # noqa: E402
-from wsol.nn.backbones import build_backbone  # noqa: E402
-from wsol.nn.efficientnet import IMAGENET_MEAN, IMAGENET_STD, RESOLUTION, efficientnet_lite0  # noqa: E402
+from wsol.nn.backbones import IMAGENET_MEAN, IMAGENET_STD, build_backbone  # noqa: E402
+from wsol.nn.efficientnet import RESOLUTION, efficientnet_lite0  # noqa: E402
 
 CAT_CLASSES = {281, 282, 285}  # tabby, tiger cat, Egyptian cat
 ESPRESSO = 967

@@ -16,8 +16,7 @@ half-written checkpoint or metrics file behind.
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from pathlib import Path
 from typing import Any
 
@@ -25,20 +24,16 @@ import torch
 
 from wsol.config import RunConfig, load_config
 from wsol.errors import CheckpointError
+from wsol.fileio import atomic_write_bytes
 
 CHECKPOINTS = ("best_loc", "best_cls", "last")
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """``torch.save`` of ``state``, written atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def checkpoint_path(run_dir: Path, name: str) -> Path:

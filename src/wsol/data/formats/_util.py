@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterator
 
@@ -22,6 +20,7 @@ from PIL import Image, UnidentifiedImageError
 
 from wsol.data.registry import SPLITS
 from wsol.errors import ConfigError, DataError
+from wsol.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -148,18 +147,6 @@ def pick_per_class(ids: list[str], labels: list[int], k: int, rng: np.random.Gen
     return sorted(picked)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def gray_mask_loader(path: Path, source: str, threshold: float) -> Callable[[], np.ndarray]:
     """A Record.mask_loader: the grey image at ``path`` (values 0..255), ROI where
     value / 255 >= ``threshold``."""
@@ -193,7 +180,7 @@ def stored_splits(folder: Path, known: set[str], compute: Callable[[], dict[str,
         splits = compute()
         try:
             for s in SPLITS:
-                write_text_atomic(files[s], "".join(f"{i}\n" for i in splits[s]))
+                atomic_write_text(files[s], "".join(f"{i}\n" for i in splits[s]))
         except OSError as e:
             raise DataError(
                 f"{folder}: cannot write the split files ({e}); set data.options.split_dir to a writable folder"

@@ -40,7 +40,6 @@ import multiprocessing
 import os
 import shutil
 import sys
-import tempfile
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +53,7 @@ from wsol.data.wsi.sampling import assign_splits, grid, pick_category2, rng_for,
 from wsol.data.wsi.slide import BACKENDS, SLIDE_SUFFIXES, Slide
 from wsol.data.wsi.tissue import cell_fractions, otsu_threshold, saturation, tissue_mask
 from wsol.errors import ConfigError, DataError
+from wsol.fileio import write_json
 
 log = logging.getLogger(__name__)
 
@@ -104,14 +104,6 @@ class Summary:
 
 
 # ---------------------------------------------------------------------------- helpers
-
-
-def _atomic_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def _load_json(path: Path) -> Any:
@@ -237,7 +229,7 @@ def _scan_slide(job: dict) -> dict:
                 if tf >= pt:
                     patches.append([x, y, count, round(tf, 6)])
             out["patches"] = patches
-    _atomic_json(cache, out)
+    write_json(cache, out)
     out["cached"] = False
     return out
 
@@ -262,7 +254,7 @@ def _draw_normal(job: dict) -> dict:
                 tf = float(tissue_mask(s.read(x, y, ps, ps), thr).mean())
                 if tf >= pt:
                     state["accepted"].append([x, y, round(tf, 6)])
-        _atomic_json(cache, state)
+        write_json(cache, state)
     return {"name": job["name"], "accepted": state["accepted"][:quota],
             "exhausted": len(state["accepted"]) < quota}
 
@@ -291,7 +283,7 @@ def _write_slide(job: dict) -> dict:
             else:
                 mask = np.zeros((ps, ps), np.uint8)
             _write_png(mask_dir / stem, mask)
-    _atomic_json(marker, {"key": job["key"]})
+    write_json(marker, {"key": job["key"]})
     return {"name": job["name"], "cached": False}
 
 
@@ -591,7 +583,7 @@ def _publish(staging: Path, out_dir: Path, summary: Summary) -> None:
     with a summary is always complete."""
     from wsol.data.formats.wsoleval import replace_dir
 
-    _atomic_json(staging / "summary.json", summary.to_json())
+    write_json(staging / "summary.json", summary.to_json())
     (out_dir / "summary.json").unlink(missing_ok=True)
     for sub in ("images", "masks", "metadata"):
         replace_dir(staging / sub, out_dir / sub)
