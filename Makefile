@@ -5,13 +5,13 @@ BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip
 CONSTRAINTS := constraints.txt
 
-.PHONY: demo test test-all bench install install-test clean
+.PHONY: demo test test-all lint bench install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
-	$(PIP) install -c $(CONSTRAINTS) -e .
+	$(PIP) install -c $(CONSTRAINTS) -e '.[all]'
 	touch $@
 
 $(VENV)/.installed-test: $(VENV)/.installed
@@ -25,7 +25,11 @@ install-test: $(VENV)/.installed-test
 demo: install
 	$(BIN)/wsol demo
 
-test: install-test
+lint: install-test
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
+
+test: install-test lint
 	$(BIN)/python -m pytest -m "not slow" -n 2 -q
 
 test-all: install-test

@@ -52,15 +52,25 @@ def test_override_syntax_errors(tmp_path):
 
 
 def test_unknown_method_lists_valid_names():
-    cfg = load_config(None, ["model.method.name=nope"])
+    # rejected when the config loads (not later, when the model is built)
     with pytest.raises(ConfigError, match=r"unknown method 'nope'; valid: .*cam"):
-        build_method(cfg.model.method, cfg.model.backbone, 2)
+        load_config(None, ["model.method.name=nope"])
 
 
 def test_unknown_method_param_is_rejected():
-    cfg = load_config(None, ["model.method.params={bogus: 1}"])
+    with pytest.raises(ConfigError, match=r"model.method.params \(cam\): bogus: unknown key"):
+        load_config(None, ["model.method.params={bogus: 1}"])
+    cfg = load_config(None, [])
+    cfg.model.method.params = {"bogus": 1}  # assigned after loading: build_method still checks
     with pytest.raises(ConfigError, match=r"bogus: unknown key"):
         build_method(cfg.model.method, cfg.model.backbone, 2)
+
+
+def test_unknown_dataset_option_and_backbone_are_rejected_at_load():
+    with pytest.raises(ConfigError, match=r"data.options"):
+        load_config(None, ["data.options={bogus: 1}"])
+    with pytest.raises(ConfigError, match=r"unknown backbone 'resnet7'; valid: .*resnet18"):
+        load_config(None, ["model.backbone.name=resnet7"])
 
 
 @pytest.mark.parametrize(

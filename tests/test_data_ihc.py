@@ -11,7 +11,7 @@ import torch
 
 from wsol.config import DataConfig
 from wsol.data import build_dataset, get_dataset
-from wsol.data.ihc import NEG_MAX, P0, dab_mask, select_tiles, source_image, tile_fractions
+from wsol.data.embedded.ihc import NEG_MAX, P0, dab_mask, select_tiles, source_image, tile_fractions
 from wsol.errors import ConfigError, DataError
 
 

@@ -13,7 +13,7 @@ from scipy import ndimage
 
 from wsol.config import DataConfig
 from wsol.data import available_datasets, build_dataset, ensure_dataset, get_dataset, synthesize
-from wsol.data.synthetic import SYNTH, render_camelyon, render_cub, render_glas
+from wsol.data.embedded.synthetic import CUB, render_camelyon, render_cub, render_glas
 from wsol.errors import ConfigError, DataError
 
 
@@ -85,7 +85,7 @@ def test_camelyon_normal_is_empty_and_metastatic_fraction_spans_the_range():
 
 
 def test_cub_object_and_background():
-    for label in range(len(SYNTH["synthetic-cub"].classes)):
+    for label in range(len(CUB.classes)):
         rgb, m = render_cub((0, 0, label), label, 64)
         assert 0.01 < m.mean() < 0.6
         other, m2 = render_cub((0, 0, label), (label + 1) % 10, 64)

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from wsol.config import DataConfig
-from wsol.data.formats.wsoleval import MetaEntry, read_class_names, read_metadata, write_class_names, write_metadata
-from wsol.data.records import RecordDataset, load_sample
+from wsol.data.metadata import MetaEntry, read_class_names, read_metadata, write_class_names, write_metadata
+from wsol.data.records import MaskFile, RecordDataset, load_sample
 from wsol.data.registry import build_dataset
 from wsol.errors import DataError
 
@@ -184,7 +184,7 @@ def test_empty_ignore_path_is_no_ignore_and_missing_mask_is_precise(tmp_path: Pa
     png(tmp_path / "m.png", np.eye(3, dtype=np.uint8))
     write_split(tmp_path, {"localization.txt": "a.png,m.png,\nb.png,missing.png,\n"})
     a, b = read_metadata(tmp_path, "val")
-    assert a.ignore_path is None
+    assert a.mask == MaskFile(tmp_path / "m.png") and a.mask.ignore is None
     assert torch.equal(load_sample(a)["mask"], torch.eye(3, dtype=torch.uint8))
     with pytest.raises(DataError, match=r"missing\.png: mask file not found \(listed at .*localization\.txt:2\)"):
         load_sample(b)

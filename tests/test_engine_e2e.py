@@ -10,9 +10,9 @@ import pytest
 from wsol.cli import main
 from wsol.config import load_config
 from wsol.data import synthesize
-from wsol.engine.checkpoint import load_checkpoint
 from wsol.engine.pipeline import train_and_evaluate
 from wsol.engine.trainer import Trainer
+from wsol.runs import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +157,39 @@ def test_report_renders_in_headless_chromium(trained, tmp_path):
                    capture_output=True, timeout=120)
     arr = np.asarray(Image.open(shot).convert("L"), dtype=float)
     assert arr.std() > 5  # not a blank page
+
+
+def test_run_is_self_contained_after_the_data_moves(tiny_data, trained, tmp_path, monkeypatch):
+    """run.json records the class names, so `wsol cam` and `wsol report` need only the run
+    folder: move the data away and change the working directory."""
+    run, _, _ = trained
+    info = json.loads((run / "run.json").read_text())
+    assert info["class_names"] and info["loc_kind"] == "mask" and info["image_size"] == 48
+    assert info["versions"]["torch"]
+    img = next(p for p in sorted(tiny_data.rglob("*.png")) if "mask" not in str(p))
+    copy = tmp_path / "elsewhere" / "img.png"
+    copy.parent.mkdir()
+    shutil.copy(img, copy)
+    moved_run = tmp_path / "moved-run"
+    shutil.copytree(run, moved_run)
+    hidden = tmp_path / "hidden-data"
+    shutil.copytree(tiny_data, hidden)
+    shutil.rmtree(tiny_data)
+    try:
+        monkeypatch.chdir(tmp_path / "elsewhere")
+        assert main(["cam", str(moved_run), "img.png", "--out", "cams"]) == 0
+        assert (tmp_path / "elsewhere" / "cams" / "img_heatmap.png").is_file()
+        assert main(["report", str(moved_run)]) == 0
+    finally:
+        shutil.copytree(hidden, tiny_data)
+
+
+def test_load_run_needs_no_dataset(trained, tmp_path):
+    from wsol.runs import load_run
+
+    run, _, _ = trained
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    loaded = load_run(copy, "best_cls", device="cpu")
+    assert loaded.class_names == json.loads((run / "run.json").read_text())["class_names"]
+    assert not loaded.method.training and loaded.checkpoint == "best_cls"

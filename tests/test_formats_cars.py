@@ -70,12 +70,12 @@ def test_malformed_annotations(tmp_path):
     write_cars(tmp_path, train_rows=[train[0], train[3]])
     sio.savemat(tmp_path / "devkit" / "cars_train_annos.mat", {"annotations": _annos(train)})
     with pytest.raises(DataError) as e:
-        cars.list_records(tmp_path, "train", {})
+        cars.SPEC.list_records(tmp_path, "train", {})
     msg = str(e.value)
     assert "cars_train_annos.mat:annotations[2]: class 7; expected 1..3" in msg
     assert "cars_train_annos.mat:annotations[3]: path '../x.jpg' escapes" in msg
     sio.savemat(tmp_path / "devkit" / "cars_train_annos.mat", {"annotations": _annos([train[0], train[3]])})
-    recs = {r.image_id: r for s in SPLITS for r in cars.list_records(tmp_path, s, {"val_fraction": 0.0})}
+    recs = {r.image_id: r for s in SPLITS for r in cars.SPEC.list_records(tmp_path, s, {"val_fraction": 0.0})}
     with pytest.raises(DataError, match=r"box \[1\.0, 2\.0, 30\.0, 12\.0\] is outside the 16×16 image or inverted "
                                         r"\(listed at .*cars_train_annos\.mat:annotations\[2\]\)"):
         RecordDataset([recs["cars_train/00004.jpg"]])[0]
@@ -87,7 +87,7 @@ def test_missing_test_labels_and_meta(tmp_path):
     a[0, 0] = (0, 0, 4, 4, "00001.jpg")
     sio.savemat(tmp_path / "cars_test_annos_withlabels.mat", {"annotations": a})
     with pytest.raises(DataError, match=r"annotations lack field\(s\) class"):
-        cars.list_records(tmp_path, "test", {})
+        cars.SPEC.list_records(tmp_path, "test", {})
     (tmp_path / "devkit" / "cars_meta.mat").unlink()
     with pytest.raises(DataError, match=r"cars_meta\.mat: Stanford Cars file not found"):
-        cars.class_names(tmp_path, {})
+        cars.SPEC.class_names(tmp_path, {})

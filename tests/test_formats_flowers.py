@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io as sio
-from scipy.ndimage import binary_dilation, binary_erosion
 import torch
 from PIL import Image
+from scipy.ndimage import binary_dilation, binary_erosion
 
 from wsol.data.formats import flowers
 from wsol.data.records import RecordDataset
@@ -74,22 +74,22 @@ def test_malformed_mat_files(tmp_path):
     labels[4] = 0  # image 5: class 0 is outside 1..102
     write_flowers(tmp_path, labels=labels, sets=(TRN + [4], VAL, TST + [13]))
     with pytest.raises(DataError) as e:
-        flowers.list_records(tmp_path, "train", {})
+        flowers.SPEC.list_records(tmp_path, "train", {})
     msg = str(e.value)
     assert "imagelabels.mat: labels[5] = 0 (image_00005); expected a class in 1..102" in msg
     assert "setid.mat:valid[1]: image number 4 is already in" in msg
     assert "setid.mat:tstid[4]: image number 13 has no label" in msg
     sio.savemat(tmp_path / "setid.mat", {"trnid": np.array([[1]])})
     with pytest.raises(DataError, match=r"setid\.mat: variable\(s\) valid, tstid missing"):
-        flowers.list_records(tmp_path, "train", {})
+        flowers.SPEC.list_records(tmp_path, "train", {})
     (tmp_path / "imagelabels.mat").write_bytes(b"not a mat file")
     with pytest.raises(DataError, match=r"imagelabels\.mat: cannot read the MATLAB file"):
-        flowers.list_records(tmp_path, "train", {})
+        flowers.SPEC.list_records(tmp_path, "train", {})
 
 
 def test_segmentation_of_another_size_and_missing(tmp_path):
     write_flowers(tmp_path)
-    recs = flowers.list_records(tmp_path, "train", {})
+    recs = flowers.SPEC.list_records(tmp_path, "train", {})
     Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "segmim" / "segmim_00001.jpg")
     (tmp_path / "segmim" / "segmim_00002.jpg").unlink()
     ds = RecordDataset(recs)

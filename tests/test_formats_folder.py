@@ -65,22 +65,22 @@ def test_user_given_splits(tmp_path):
     (tmp_path / "splits" / "train.txt").write_text("cat/img_0.png\ndog/img_1.png\n")
     (tmp_path / "splits" / "test.txt").write_text("cat/img_1.png\n")
     with pytest.raises(DataError, match=r"valcl\.txt.*split file\(s\) missing"):
-        folder.list_records(tmp_path, "train", {})
+        folder.SPEC.list_records(tmp_path, "train", {})
     (tmp_path / "splits" / "valcl.txt").write_text("dog/sub/img_2.png\n# a comment\n\ncat/nope.png\n")
     (tmp_path / "splits" / "valpx.txt").write_text("")
     with pytest.raises(DataError, match=r"valcl\.txt:4: unknown image id 'cat/nope\.png'"):
-        folder.list_records(tmp_path, "train", {})
+        folder.SPEC.list_records(tmp_path, "train", {})
     (tmp_path / "splits" / "valcl.txt").write_text("dog/sub/img_2.png\n")
-    assert [r.image_id for r in folder.list_records(tmp_path, "train", {})] == ["cat/img_0.png", "dog/img_1.png"]
-    assert folder.list_records(tmp_path, "valpx", {}) == []
+    assert [r.image_id for r in folder.SPEC.list_records(tmp_path, "train", {})] == ["cat/img_0.png", "dog/img_1.png"]
+    assert folder.SPEC.list_records(tmp_path, "valpx", {}) == []
 
 
 def test_mask_of_another_size_and_empty_root(tmp_path):
     write_folder(tmp_path, n=3)
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "masks" / "cat" / "img_1.png")
-    rec = next(r for s in SPLITS for r in folder.list_records(tmp_path, s, {}) if r.image_id == "cat/img_1.png")
+    rec = next(r for s in SPLITS for r in folder.SPEC.list_records(tmp_path, s, {}) if r.image_id == "cat/img_1.png")
     with pytest.raises(DataError, match=r"masks/cat/img_1\.png: mask is 4×4 \(W×H\) but image .* is 16×16"):
         RecordDataset([rec])[0]
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no class sub-folder found"):
-        folder.list_records(tmp_path / "empty", "train", {})
+        folder.SPEC.list_records(tmp_path / "empty", "train", {})

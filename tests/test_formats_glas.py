@@ -86,7 +86,7 @@ def test_split_files_written_then_read_back(glas_root):
 def test_minmax_split_and_parent_folder(glas_root, tmp_path):
     root, _ = glas_root
     # data.root may be the parent of the contest folder
-    recs = {s: glas.list_records(tmp_path, s, {"split": "minmax", "valpx_per_class": 1}) for s in SPLITS}
+    recs = {s: glas.SPEC.list_records(tmp_path, s, {"split": "minmax", "valpx_per_class": 1}) for s in SPLITS}
     assert {s: len(r) for s, r in recs.items()} == {"train": 20, "valcl": 4, "valpx": 2, "test": 5}
     assert (root / "splits" / "glas-minmax-val0.2-px1_seed0" / "test.txt").is_file()
 
@@ -94,9 +94,9 @@ def test_minmax_split_and_parent_folder(glas_root, tmp_path):
 def test_real_size_split_counts():
     """The contest's 85 training images (37 benign, 48 malignant) -> 67 / 18 (survey §3.3.1)."""
     rows = [(f"train_{k}", int(k > 37), "") for k in range(1, 86)] + [(f"testA_{k}", k % 2, "") for k in range(80)]
-    s = glas._compute_splits(rows, dict(glas.DEFAULTS))
+    s = glas._compute_splits(rows, glas.Options())
     assert (len(s["train"]), len(s["valcl"]), len(s["valpx"]), len(s["test"])) == (67, 18, 6, 80)
-    m = glas._compute_splits(rows, dict(glas.DEFAULTS, split="minmax"))
+    m = glas._compute_splits(rows, glas.Options(split="minmax"))
     assert (len(m["train"]), len(m["valcl"])) == (68, 17)  # 80/20 of 85: 7 + 10 held out
 
 
@@ -108,7 +108,7 @@ def test_malformed_grade_csv_reports_every_line(glas_root):
     lines[6] = "train_6"
     (root / "Grade.csv").write_text("\n".join(lines) + "\n")
     with pytest.raises(DataError) as e:
-        glas.list_records(root, "train", {})
+        glas.SPEC.list_records(root, "train", {})
     msg = str(e.value)
     assert "Grade.csv:4: grade 'unknown'" in msg
     assert "Grade.csv:6: path '../evil.bmp' escapes" in msg
@@ -122,16 +122,16 @@ def test_missing_column_and_bad_option(glas_root):
         "grade (Sirinukunwattana et al. 2015)", "other")
     (root / "Grade.csv").write_text(text)
     with pytest.raises(DataError, match=r"Grade\.csv:1: missing column\(s\) grade \(GlaS\)"):
-        glas.list_records(root, "train", {})
+        glas.SPEC.list_records(root, "train", {})
     with pytest.raises(ConfigError, match="unknown GlaS split 'x'"):
-        glas.list_records(root, "train", {"split": "x"})
+        glas.SPEC.list_records(root, "train", {"split": "x"})
     with pytest.raises(ConfigError, match="unknown key"):
-        glas.list_records(root, "train", {"sead": 1})
+        glas.SPEC.list_records(root, "train", {"sead": 1})
 
 
 def test_bad_files_give_precise_errors(glas_root):
     root, _ = glas_root
-    recs = {r.image_id: r for r in glas.list_records(root, "test", {})}
+    recs = {r.image_id: r for r in glas.SPEC.list_records(root, "test", {})}
     Image.fromarray(np.zeros((8, 16), np.uint8)).save(root / "testA_1_anno.bmp")  # mask of another size
     data = (root / "testA_2.bmp").read_bytes()
     (root / "testA_2.bmp").write_bytes(data[: len(data) // 2])  # truncated image
@@ -148,7 +148,7 @@ def test_bad_files_give_precise_errors(glas_root):
 
 def test_no_grade_file(tmp_path):
     with pytest.raises(DataError, match="Grade.csv: GlaS grade file not found"):
-        glas.list_records(tmp_path, "train", {})
+        glas.SPEC.list_records(tmp_path, "train", {})
 
 
 def test_build_dataset_and_collate(glas_root):
@@ -159,6 +159,6 @@ def test_build_dataset_and_collate(glas_root):
     root, _ = glas_root
     ds = build_dataset(DataConfig(name="glas", root=str(root), image_size=32), "valpx")
     batch = collate([ds[i] for i in range(len(ds))])
-    assert batch["images"].shape == (6, 3, 32, 32) and batch["masks"].shape == (6, 32, 32)
-    assert batch["has_mask"].all() and sorted(batch["labels"].tolist()) == [0, 0, 0, 1, 1, 1]
-    assert set(batch["masks"].unique().tolist()) <= {0, 1}
+    assert batch.images.shape == (6, 3, 32, 32) and batch.masks.shape == (6, 32, 32)
+    assert batch.has_mask.all() and sorted(batch.labels.tolist()) == [0, 0, 0, 1, 1, 1]
+    assert set(batch.masks.unique().tolist()) <= {0, 1}

@@ -69,7 +69,7 @@ def test_malformed_files(tmp_path):
     (tmp_path / "val" / "val_annotations.txt").write_text("\n".join(val) + "\n")
     (tmp_path / "train" / WNIDS[1] / f"{WNIDS[1]}_boxes.txt").unlink()
     with pytest.raises(DataError) as e:
-        tinyimagenet.list_records(tmp_path, "test", {})
+        tinyimagenet.SPEC.list_records(tmp_path, "test", {})
     msg = str(e.value)
     assert f"{WNIDS[1]}_boxes.txt: box file of class {WNIDS[1]}" in msg
     assert "val_annotations.txt:2: class 'n00000000' is not listed" in msg
@@ -85,7 +85,7 @@ def test_box_outside_and_missing_image(tmp_path):
     lines[0] = f"{WNIDS[0]}_0.JPEG\t0\t0\t17\t4"
     lines[1] = f"{WNIDS[0]}_9.JPEG\t0\t0\t4\t4"
     box.write_text("\n".join(lines) + "\n")
-    recs = {r.image_id: r for s in SPLITS for r in tinyimagenet.list_records(tmp_path, s, {"val_fraction": 0.0})}
+    recs = {r.image_id: r for s in SPLITS for r in tinyimagenet.SPEC.list_records(tmp_path, s, {"val_fraction": 0.0})}
     with pytest.raises(DataError, match=rf"box \[0\.0, 0\.0, 17\.0, 4\.0\] is outside .*{WNIDS[0]}_boxes\.txt:1\)"):
         RecordDataset([recs[f"train/{WNIDS[0]}/images/{WNIDS[0]}_0.JPEG"]])[0]
     with pytest.raises(DataError, match=rf"{WNIDS[0]}_9\.JPEG: image file not found .*{WNIDS[0]}_boxes\.txt:2\)"):

@@ -7,9 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+
 from test_formats_cub import write_cub
 from test_formats_glas import write_glas
-
 from wsol.data.records import Record
 from wsol.data.registry import DATASETS, DatasetSpec, register_dataset
 from wsol.data.verify import verify_dataset
@@ -78,7 +78,7 @@ def dummy(tmp_path: Path):
     spec = register_dataset(DatasetSpec("test-verify-dummy", lambda root, split, opt: splits[split],
                                         lambda root, opt: ["x", "y"], loc="box"))
     yield spec
-    DATASETS.pop(spec.name)
+    DATASETS.remove(spec.name)  # Registry has no public removal: undo the registration
 
 
 def test_any_registered_dataset(dummy, tmp_path):

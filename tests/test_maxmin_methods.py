@@ -9,6 +9,7 @@ import torch
 
 from wsol.cams import check_cams
 from wsol.config import BackboneConfig, MethodConfig, load_config
+from wsol.data.sample import Batch
 from wsol.errors import ConfigError
 from wsol.losses import BarrierSchedule, absolute_size_constraint
 from wsol.methods import TrainState, build_method
@@ -19,9 +20,10 @@ BACKBONE = BackboneConfig(name="resnet18", cam_friendly=True)  # stride < 32: ma
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "methods"
 
 
-def tiny_batch(n: int = 8, num_classes: int = 2) -> dict:
+def tiny_batch(n: int = 8, num_classes: int = 2) -> Batch:
     g = torch.Generator().manual_seed(0)
-    return {"images": torch.rand(n, 3, 32, 32, generator=g), "labels": torch.arange(n) % num_classes}
+    return Batch(images=torch.rand(n, 3, 32, 32, generator=g), labels=torch.arange(n) % num_classes,
+                 image_ids=[str(i) for i in range(n)])
 
 
 def build(name: str, num_classes: int = 2, **params):
@@ -73,7 +75,7 @@ def test_maxmin_trains_one_step(params, names):
         grads = [p.grad for n, p in method.named_parameters() if n.startswith(prefix)]
         assert grads and all(g is not None for g in grads), prefix
         assert any(g.abs().sum() > 0 for g in grads), prefix
-    assert_cam_contract(method, batch["images"])
+    assert_cam_contract(method, batch.images)
 
 
 def test_maxmin_share_backbone_and_param_groups():
@@ -90,7 +92,7 @@ def test_maxmin_share_backbone_and_param_groups():
 def test_maxmin_forward_localize_binary_and_per_image_masks():
     method = build("maxmin")
     method.eval()
-    images = tiny_batch(4)["images"]
+    images = tiny_batch(4).images
     images[1] = images[1] * 0.1  # a dim image: another activation range
     with torch.no_grad():
         out = method(images)
@@ -123,7 +125,7 @@ def test_maxmin_t_schedule_via_on_epoch_start():
     batch = tiny_batch(2)
     terms = method.training_step(batch, TrainState(epoch=500))
     with torch.no_grad():
-        mask = method.masks(batch["images"])["mask"]
+        mask = method.masks(batch.images)["mask"]
     fg_t, bg_t = absolute_size_constraint(mask, 10.0)
     assert terms["size_fg"].item() == pytest.approx(fg_t.item(), rel=1e-5)
     assert terms["size_bg"].item() == pytest.approx(bg_t.item(), rel=1e-5)
@@ -142,9 +144,9 @@ def test_pn_bounds_and_step_by_hand():
     method = build("pn", num_classes=3, size_weight=1.0)
     torch.nn.init.zeros_(method.head.conv.weight)
     torch.nn.init.zeros_(method.head.conv.bias)
-    batch = {"images": tiny_batch(3)["images"], "labels": torch.tensor([0, 1, 2])}
+    batch = Batch(images=tiny_batch(3).images, labels=torch.tensor([0, 1, 2]), image_ids=["a", "b", "c"])
     terms = method.training_step(batch, TrainState())
-    s = method(batch["images"]).maps[0, 0].numel() / 2
+    s = method(batch.images).maps[0, 0].numel() / 2
     assert terms["ce"].item() == pytest.approx(math.log(3.0), rel=1e-5)
     # image 0 (negative): classes 1, 2 absent -> 2·s²; images 1, 2: one absent class -> s² each
     assert terms["size"].item() == pytest.approx((2 * s**2 + s**2 + s**2) / 3, rel=1e-5)
@@ -158,7 +160,7 @@ def test_pn_trains_one_step():
     batch = tiny_batch()
     terms = train_one_step(method, batch)
     assert set(terms) == {"ce", "size", "total"} and all(torch.isfinite(v) for v in terms.values())
-    assert_cam_contract(method, batch["images"])
+    assert_cam_contract(method, batch.images)
 
 
 def test_erase_function_by_hand():
@@ -185,12 +187,12 @@ def test_erase_depth_schedule_and_step():
     assert set(terms) == {"ce", "ce_erased", "total", "erased_frac"}
     assert all(torch.isfinite(v) for v in terms.values())
     assert terms["ce_erased"].item() > 0 and 0 < terms["erased_frac"].item() <= 1
-    assert_cam_contract(method, batch["images"])
+    assert_cam_contract(method, batch.images)
     # depth 0: the union is the plain class CAM
     plain = build("erase")
     plain.eval()
     with torch.no_grad():
-        x = batch["images"]
+        x = batch.images
         out = plain(x)
         t = out.logits.argmax(1)
         ref = plain.class_cam(out.maps, t, (32, 32))
@@ -212,7 +214,9 @@ def test_erase_depth_schedule_and_step():
     ],
 )
 def test_method_configs_validate(name, method, reg, asc):
-    cfg = load_config([CONFIGS / f"{name}.yaml"])
+    # the model section lives in methods/; a paper's full settings (optim, data) in recipes/
+    recipe = CONFIGS.parent / "recipes" / f"{name}.yaml"
+    cfg = load_config([recipe if recipe.is_file() else CONFIGS / f"{name}.yaml"])
     assert cfg.model.method.name == method
     from wsol.methods.base import get_method_class
 

@@ -132,14 +132,14 @@ def test_metrics_evaluate_split_original_size():
     with pytest.raises(MetricError, match="orig_sizes"):
         evaluate_split(Oracle(), [batch], loc_kind="mask", device=torch.device("cpu"), eval_size="original")
     # original images are 16×16: masks upsampled by nearest (each pixel -> 2×2 block)
-    batch["orig_sizes"] = [(16, 16), (16, 16)]
-    batch["orig_masks"] = [s["mask"].repeat_interleave(2, 0).repeat_interleave(2, 1) for s in samples]
+    batch.orig_sizes = [(16, 16), (16, 16)]
+    batch.orig_masks = [s["mask"].repeat_interleave(2, 0).repeat_interleave(2, 1) for s in samples]
     res = evaluate_split(Oracle(), [batch], loc_kind="mask", device=torch.device("cpu"), eval_size="original")
     assert res.metrics["n_pixels_fg"] + res.metrics["n_pixels_bg"] == 2 * 256
-    cams = torch.nn.functional.interpolate(batch["images"][:, :1], size=(16, 16), mode="bilinear")[:, 0]
+    cams = torch.nn.functional.interpolate(batch.images[:, :1], size=(16, 16), mode="bilinear")[:, 0]
     lo, hi = cams.amin((1, 2), keepdim=True), cams.amax((1, 2), keepdim=True)
     cams = (cams - lo) / (hi - lo)
-    ref = pixel_metrics(cams, torch.stack(batch["orig_masks"]))
+    ref = pixel_metrics(cams, torch.stack(batch.orig_masks))
     assert res.metrics["pxap"] == pytest.approx(ref["pxap"])
 
 
@@ -173,8 +173,8 @@ def test_metrics_evaluate_split_boxes_original_size():
     with pytest.raises(MetricError, match="orig_boxes"):
         evaluate_split(Oracle(), [batch], loc_kind="box", device=torch.device("cpu"), eval_size="original")
     # original images 16 high × 32 wide: the CAM, upsampled, covers x < 16 (left half)
-    batch["orig_sizes"] = [(16, 32), (16, 32)]
-    batch["orig_boxes"] = [torch.tensor([[0.0, 0.0, 15.0, 15.0]]), torch.tensor([[16.0, 0.0, 31.0, 15.0]])]
+    batch.orig_sizes = [(16, 32), (16, 32)]
+    batch.orig_boxes = [torch.tensor([[0.0, 0.0, 15.0, 15.0]]), torch.tensor([[16.0, 0.0, 31.0, 15.0]])]
     res = evaluate_split(Oracle(), [batch], loc_kind="box", device=torch.device("cpu"), eval_size="original")
     assert res.metrics["max_box_acc"] == 50.0  # image 0 matches the left box, image 1's GT is the right half
 

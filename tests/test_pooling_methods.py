@@ -10,6 +10,7 @@ import torch
 
 from wsol.cams import check_cams
 from wsol.config import BackboneConfig, MethodConfig, load_config
+from wsol.data.sample import Batch
 from wsol.errors import ConfigError
 from wsol.methods import TrainState, available_methods, build_method
 from wsol.nn.pooling import DeepMILHead, GAPHead, LSEHead, MaxPoolHead, PRMHead, WildcatHead
@@ -28,11 +29,11 @@ POOLED = {
 }
 
 
-def tiny_batch(n: int = 8, size: int = SIZE) -> dict:
+def tiny_batch(n: int = 8, size: int = SIZE) -> Batch:
     g = torch.Generator().manual_seed(0)
     images = torch.rand(n, 3, size, size, generator=g)  # images live in [0, 1]
     labels = torch.tensor([0, 1] * (n // 2))
-    return {"images": images, "labels": labels}
+    return Batch(images=images, labels=labels, image_ids=[str(i) for i in range(n)])
 
 
 def test_all_pooling_methods_registered():
@@ -62,24 +63,24 @@ def test_method_trains_one_step_and_localizes(name):
 
     method.eval()
     with torch.no_grad():
-        out = method(batch["images"])
+        out = method(batch.images)
         h = SIZE // method.backbone.stride
         assert h >= 2  # a real spatial map, so the pooling has something to select
         assert out.logits.shape == (8, 2) and out.maps.shape == (8, 2, h, h)
-        cams = method.localize(batch["images"], batch["labels"])
-        cams_pred = method.localize(batch["images"])
+        cams = method.localize(batch.images, batch.labels)
+        cams_pred = method.localize(batch.images)
     assert cams.shape == (8, SIZE, SIZE) and cams_pred.shape == (8, SIZE, SIZE)
     check_cams(cams)
     check_cams(cams_pred)
     # the CAM is the target class's own map (upsampled, min-max): swapping the target changes it
-    other = method.localize(batch["images"], 1 - batch["labels"])
+    other = method.localize(batch.images, 1 - batch.labels)
     assert not torch.allclose(cams, other)
 
 
 def test_deepmil_cam_is_attention_map():
     torch.manual_seed(0)
     method = build_method(MethodConfig(name="deepmil", params={"mid_channels": 8}), BACKBONE, num_classes=2).eval()
-    images = tiny_batch(2)["images"]
+    images = tiny_batch(2).images
     with torch.no_grad():
         out = method(images)
     assert torch.allclose(out.maps.sum(dim=(2, 3)), torch.ones(2, 2), atol=1e-5)

@@ -7,10 +7,13 @@ use it, and it imports nothing from wsol but the errors.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
-from wsol.errors import MetricError
+from wsol.errors import ConfigError, MetricError
 
 
 def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
@@ -24,7 +27,7 @@ def minmax_normalize(maps: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     return out.view_as(maps)
 
 
-def to_cam(maps: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+def to_cam(maps: torch.Tensor, size: tuple[int, ...] | None = None) -> torch.Tensor:
     """Turn low-resolution maps (B×h×w or B×1×h×w) into contract CAMs: bilinear upsampling
     to ``size`` (H, W) with ``align_corners=False``, then per-image min-max to [0, 1].
     NaN/inf values raise :class:`MetricError` instead of silently spreading."""
@@ -61,3 +64,29 @@ def check_cams(cams: torch.Tensor, name: str = "cams") -> torch.Tensor:
             "normalise with wsol.cams.to_cam / minmax_normalize first"
         )
     return cams
+
+
+# --- the one copy of "logits of a model output" and "which class to localise" ----------
+def model_logits(out: Any) -> torch.Tensor:
+    """Logits of a model output: a tensor B×C or an object with ``.logits``."""
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
+        raise ConfigError(f"model(images) must return B×C logits or an object with .logits, got {got}")
+    return logits
+
+
+def select_targets(logits: torch.Tensor, targets: torch.Tensor | Sequence[int] | int | None) -> torch.Tensor:
+    """Per-sample class ids: ``targets`` (tensor, list or one int for the whole batch) or
+    the predicted class."""
+    b, c = logits.shape
+    if targets is None:
+        return logits.detach().argmax(dim=1)
+    t = torch.as_tensor(targets, device=logits.device).long().flatten()
+    if t.numel() == 1 and b != 1:
+        t = t.expand(b)
+    if t.numel() != b:
+        raise ConfigError(f"{t.numel()} targets for a batch of {b} images; give one class id per image")
+    if t.numel() and (t.min() < 0 or t.max() >= c):
+        raise ConfigError(f"target class ids must lie in [0, {c - 1}], got [{int(t.min())}, {int(t.max())}]")
+    return t

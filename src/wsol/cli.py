@@ -6,13 +6,23 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
+from wsol.engine.callbacks import Callbacks
 from wsol.errors import WSOLError
 
 console = Console(stderr=False)
@@ -34,12 +44,12 @@ TABLE_KEYS = [
 ]
 
 
-class RichCallbacks:
+class RichCallbacks(Callbacks):
     """Progress bars for the engine's stages and a line per epoch."""
 
     def __init__(self, progress: Progress):
         self.progress = progress
-        self.task = None
+        self.task: TaskID | None = None
 
     def on_stage(self, name: str, total: int) -> None:
         if self.task is not None:
@@ -85,9 +95,9 @@ def _setup_logging(verbose: bool) -> None:
 @app.command()
 def demo(
     dataset: Annotated[str, typer.Option(help="embedded dataset to run on")] = "synthetic-glas",
-    out: Annotated[Optional[Path], typer.Option(help="run folder (default: the demo config's, runs/demo...)")] = None,
-    data_root: Annotated[Optional[Path], typer.Option(help="where the embedded data is written")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="override the number of epochs")] = None,
+    out: Annotated[Path | None, typer.Option(help="run folder (default: the demo config's, runs/demo...)")] = None,
+    data_root: Annotated[Path | None, typer.Option(help="where the embedded data is written")] = None,
+    epochs: Annotated[int | None, typer.Option(help="override the number of epochs")] = None,
     set_: Annotated[list[str], typer.Option("--set", help="override a config value, e.g. optim.lr=0.01")] = [],
 ) -> None:
     """Generate the embedded data, train CAM (ResNet-18, random init), evaluate, write the report."""
@@ -141,18 +151,19 @@ def evaluate(
     run_dir: Annotated[Path, typer.Argument(help="a run folder written by `wsol train`")],
     checkpoint: Annotated[list[str], typer.Option(help="best_loc | best_cls | last (repeatable)")] = ["best_loc", "best_cls"],
     split: Annotated[str, typer.Option(help="train | valcl | valpx | test")] = "test",
-    extractor: Annotated[Optional[str], typer.Option(help="evaluate through a top-down extractor (e.g. gradcam)")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="extractor target layer, e.g. backbone.layer4")] = None,
+    extractor: Annotated[str | None, typer.Option(help="evaluate through a top-down extractor (e.g. gradcam)")] = None,
+    layer: Annotated[str | None, typer.Option(help="extractor target layer, e.g. backbone.layer4")] = None,
     eval_size: Annotated[str, typer.Option(help="input (model input size) | original (each image's size)")] = "input",
 ) -> None:
-    """Evaluate checkpoints of a run with every metric of the protocol; writes metrics.json."""
+    """Evaluate checkpoints of a run with every metric of the protocol; results go to
+    RUN/eval/<checkpoint>[+extractor]/<split>/ and are merged into the split's summary."""
     from wsol.engine.pipeline import evaluate_selected
 
     factory, tag = _localizer_factory(extractor, layer)
     with _progress() as progress:
         evals = evaluate_selected(run_dir, split, RichCallbacks(progress), tuple(checkpoint),
                                   localizer_factory=factory, eval_size=eval_size, tag=tag)
-    console.print(metrics_table({k: v.result.metrics for k, v in evals.items()},
+    console.print(metrics_table({v.column: v.result.metrics for v in evals.values()},
                                 f"{split} split — {run_dir}" + (f" — {extractor}" if extractor else "")))
 
 
@@ -178,11 +189,13 @@ def _localizer_factory(extractor: str | None, layer: str | None):
 
 
 def _default_layer(method) -> str:
-    """The last module of the backbone (the layer CAMs are usually taken from)."""
+    """The last stage of the backbone (the layer CAMs are usually taken from)."""
+    from wsol.nn.backbones import FeatureBackbone
+
     backbone = getattr(method, "backbone", None)
-    if backbone is None or not getattr(backbone, "_order", None):
+    if not isinstance(backbone, FeatureBackbone):
         raise WSOLError("--layer is required for this method (no standard backbone found)")
-    return f"backbone.{backbone._order[-1]}"
+    return f"backbone.{backbone.stage_names[-1]}"
 
 
 @app.command()
@@ -191,9 +204,9 @@ def cam(
     images: Annotated[list[Path], typer.Argument(help="image files")],
     out: Annotated[Path, typer.Option(help="output folder for heatmap and overlay PNGs")] = Path("cams"),
     checkpoint: Annotated[str, typer.Option(help="best_loc | best_cls | last")] = "best_loc",
-    target: Annotated[Optional[str], typer.Option(help="class name or id (default: predicted)")] = None,
-    extractor: Annotated[Optional[str], typer.Option(help="top-down extractor, e.g. gradcam")] = None,
-    layer: Annotated[Optional[str], typer.Option(help="extractor target layer")] = None,
+    target: Annotated[str | None, typer.Option(help="class name or id (default: predicted)")] = None,
+    extractor: Annotated[str | None, typer.Option(help="top-down extractor, e.g. gradcam")] = None,
+    layer: Annotated[str | None, typer.Option(help="extractor target layer")] = None,
 ) -> None:
     """Write the CAM heatmap and overlay of each image (and print the predicted class)."""
     from wsol.engine.infer import cam_images
@@ -208,23 +221,48 @@ def cam(
     console.print(table)
 
 
-@app.command()
-def methods() -> None:
-    """List the registered methods (and extractors)."""
-    from wsol.methods.base import METHODS, available_methods
+methods_app = typer.Typer(invoke_without_command=True, help="Registered methods (and extractors).")
+app.add_typer(methods_app, name="methods")
+
+
+@methods_app.callback()
+def methods(ctx: typer.Context) -> None:
+    """List the registered methods (and extractors); `wsol methods show NAME` for one."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from wsol.explain.registry import EXTRACTORS
+    from wsol.methods import METHODS
 
     table = Table(title="methods")
     table.add_column("name")
     table.add_column("description")
-    for name in available_methods():
-        doc = (METHODS[name].__doc__ or sys.modules[METHODS[name].__module__].__doc__ or "").strip()
+    for name in METHODS.names():
+        cls = METHODS.get(name)
+        doc = (cls.__doc__ or sys.modules[cls.__module__].__doc__ or "").strip()
         table.add_row(name, " ".join(doc.split("\n\n")[0].split()))  # first paragraph
     console.print(table)
-    try:
-        from wsol.explain import EXTRACTORS
-    except ImportError:
-        return
-    console.print("extractors (wsol evaluate --extractor NAME): " + ", ".join(sorted(EXTRACTORS)))
+    console.print("extractors (wsol evaluate --extractor NAME): " + ", ".join(EXTRACTORS.names()))
+
+
+@methods_app.command("show")
+def methods_show(name: Annotated[str, typer.Argument(help="method name, e.g. wildcat")]) -> None:
+    """Print a method's parameters (model.method.params) with defaults and descriptions."""
+    from wsol.methods import METHODS
+
+    cls = METHODS.get(name)
+    console.print(schema_table(cls.Params, f"{name}: model.method.params"))
+
+
+def schema_table(model: type, title: str) -> Table:
+    """A pydantic model's fields: name, type, default, description."""
+    table = Table(title=title)
+    for col in ("field", "type", "default", "description"):
+        table.add_column(col)
+    for fname, f in model.model_fields.items():  # type: ignore[attr-defined]
+        ann = getattr(f.annotation, "__name__", None) or str(f.annotation).replace("typing.", "")
+        default = "required" if f.is_required() else repr(f.get_default(call_default_factory=True))
+        table.add_row(fname, escape(ann), escape(default), escape(f.description or ""))
+    return table
 
 
 @app.command()
@@ -239,23 +277,33 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run folder")]) -> Non
 @data_app.command("list")
 def data_list() -> None:
     """List the registered datasets."""
-    from wsol.data.registry import DATASETS, available_datasets
+    from wsol.data.registry import DATASETS, EMBEDDED
 
     table = Table(title="datasets")
     for col in ("name", "labels", "embedded", "description"):
         table.add_column(col)
-    for name in available_datasets():
-        spec = DATASETS[name]
-        table.add_row(name, spec.loc, "yes" if spec.synthesize else "", spec.description)
+    for name in DATASETS.names():
+        spec = DATASETS.get(name)
+        table.add_row(name, spec.loc, "yes" if name in EMBEDDED else "", spec.description)
     console.print(table)
+
+
+@data_app.command("show")
+def data_show(name: Annotated[str, typer.Argument(help="dataset name, e.g. glas")]) -> None:
+    """Print a dataset's reader options (data.options) with defaults and descriptions."""
+    from wsol.data.registry import DATASETS
+
+    spec = DATASETS.get(name)
+    console.print(f"[bold]{escape(name)}[/bold] ({spec.loc} labels): {escape(spec.description)}")
+    console.print(schema_table(spec.Options, f"{name}: data.options"))
 
 
 @data_app.command("synth")
 def data_synth(
     name: Annotated[str, typer.Argument(help="embedded dataset name, e.g. synthetic-glas")],
     out: Annotated[Path, typer.Option(help="output folder")],
-    n: Annotated[Optional[int], typer.Option(help="number of training images (other splits scale)")] = None,
-    size: Annotated[Optional[int], typer.Option(help="image side in pixels")] = None,
+    n: Annotated[int | None, typer.Option(help="number of training images (other splits scale)")] = None,
+    size: Annotated[int | None, typer.Option(help="image side in pixels")] = None,
     seed: Annotated[int, typer.Option(help="random seed")] = 0,
 ) -> None:
     """Write an embedded (synthetic or skimage-derived) dataset to disk in the metadata layout."""
@@ -311,7 +359,7 @@ def data_prepare(
     from wsol.data.wsi import prepare_camelyon16
 
     with _progress() as progress:
-        tasks: dict[str, int] = {}
+        tasks: dict[str, TaskID] = {}
 
         def cb(stage: str, done: int, total: int, name: str) -> None:
             if stage not in tasks:

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+import re
+
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,7 +19,8 @@ from wsol.errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # strict: no silent coercion (``epochs: true`` is not 1, ``"3"`` is not 3)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, strict=True)
 
 
 class AugmentConfig(_Strict):
@@ -54,21 +57,37 @@ class ModelConfig(_Strict):
 
 
 class OptimConfig(_Strict):
+    name: Literal["sgd", "adam", "adamw"] = Field("sgd", description="optimiser")
     epochs: int = Field(10, ge=1)
     batch_size: int = Field(16, ge=1)
     lr: float = Field(0.01, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    nesterov: bool = True
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    nesterov: bool = Field(True, description="SGD Nesterov momentum (when momentum > 0)")
+    betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2, description="Adam/AdamW betas")
     weight_decay: float = Field(1e-4, ge=0)
     head_lr_mult: float = Field(10.0, gt=0, description="LR multiplier of the classifier head / new layers")
-    step_size: int = Field(0, ge=0, description="epochs between LR decays (0: no decay)")
-    gamma: float = Field(0.1, gt=0, le=1)
+
+
+class SchedConfig(_Strict):
+    """Learning-rate schedule, stepped once per epoch; the factor multiplies each parameter
+    group's initial LR and never takes it below ``min_lr``."""
+
+    name: Literal["none", "step", "multistep", "cosine", "poly"] = "none"
+    step_size: int = Field(30, ge=1, description="step: epochs between decays")
+    milestones: list[int] = Field(default_factory=list, description="multistep: epochs at which the LR decays")
+    gamma: float = Field(0.1, gt=0, le=1, description="step/multistep: decay factor")
+    power: float = Field(0.9, gt=0, description="poly: (1 - epoch/epochs) ** power")
+    min_lr: float = Field(0.0, ge=0, description="floor of every group's LR")
+    warmup_epochs: int = Field(0, ge=0, description="linear warm-up from lr/(warmup+1) over these epochs")
 
 
 class EvalConfig(_Strict):
     batch_size: int = Field(32, ge=1)
     every: int = Field(1, ge=1, description="validate every N epochs")
     gallery: int = Field(8, ge=0, description="test images shown in the report gallery")
+    selection_metric: str | None = Field(
+        None, description="B-LOC metric on valpx (default: pxap on mask sets, max_box_acc_v2 on box sets; "
+        "F-CAM's protocol uses max_box_acc)")
 
 
 class RunConfig(_Strict):
@@ -78,7 +97,25 @@ class RunConfig(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()
+    sched: SchedConfig = SchedConfig()
     eval: EvalConfig = EvalConfig()
+
+
+class _YamlLoader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 rules need
+    ``1.0e-3``), since strict types no longer coerce the string."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def yaml_load(text: str):
+    """``yaml.safe_load`` with the float rule above (never constructs Python objects)."""
+    return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 — a SafeLoader subclass
 
 
 def format_validation_error(err: ValidationError, source: str = "config") -> str:
@@ -105,7 +142,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"--set {item!r}: malformed key {key!r}, expected dotted path like optim.lr")
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = yaml_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as e:
         raise ConfigError(f"--set {item!r}: value is not valid YAML ({e.__class__.__name__})") from None
     return key.split("."), value
@@ -131,7 +168,7 @@ def load_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -144,10 +181,29 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def build_config(data: dict, source: str = "config") -> RunConfig:
+    """Validate a config: the schema here, then the chosen method's ``Params`` and the
+    chosen dataset's ``Options`` through their registries (one place, one error format)."""
     try:
-        return RunConfig.model_validate(data)
+        cfg = RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, source)) from None
+    validate_plugins(cfg, source)
+    return cfg
+
+
+def validate_plugins(cfg: RunConfig, source: str = "config") -> None:
+    """Check ``model.method.params`` and ``data.options`` against the registered method's
+    and dataset's typed schemas (imported lazily: only the chosen entries load)."""
+    from wsol.data.registry import validate_options
+    from wsol.methods.base import validate_params
+    from wsol.nn.backbones import BACKBONES
+
+    try:
+        BACKBONES.get(cfg.model.backbone.name)
+        validate_params(cfg.model.method.name, cfg.model.method.params)
+        validate_options(cfg.data.name, cfg.data.options)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def deep_merge(base: dict, update: dict) -> dict:

@@ -1,5 +1,7 @@
 """Atomic file output (bottom layer, usable everywhere): write to a temp file in the same
-folder, then rename — an interrupted write never leaves a half-written file behind."""
+folder, then rename — an interrupted write never leaves a half-written file behind. Files
+get the mode an ordinary ``open()`` would give them (0666 minus the umask), not
+``mkstemp``'s private 0600, so colleagues on a shared server can read reports and runs."""
 
 from __future__ import annotations
 
@@ -11,13 +13,23 @@ from pathlib import Path
 from typing import Any
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+TMP_SUFFIX = ".tmp"
+
+
 def atomic_write_bytes(path: Path | str, data: bytes) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

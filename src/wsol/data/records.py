@@ -7,40 +7,62 @@ decoding, mask conventions and error messages live here once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import cast
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 
+from wsol.data.problems import LocatedError
 from wsol.data.sample import IGNORE, Sample
-from wsol.errors import DataError
 
-MaskLoader = Callable[[], np.ndarray]
+
+@dataclass(frozen=True)
+class MaskFile:
+    """A binary mask image (non-zero = ROI), and optionally an image whose non-zero pixels
+    are set to 255 (ignore)."""
+
+    path: Path
+    ignore: Path | None = None
+
+
+@dataclass(frozen=True)
+class MaskDecoder:
+    """A mask that needs decoding (instance maps, trimaps, polygons, several OR-ed files):
+    ``decode()`` returns the H×W uint8 mask (0 / 1 / 255)."""
+
+    decode: Callable[[], np.ndarray]
+
+
+@dataclass(frozen=True)
+class EmptyMask:
+    """An all-zero mask without any file ("no ROI", e.g. a normal histology patch)."""
+
+
+EMPTY_MASK = EmptyMask()
+
+#: where a record's mask comes from (None on the record: the sample has no mask)
+MaskSource = MaskFile | MaskDecoder | EmptyMask
 
 
 @dataclass
 class Record:
     """One image of a split, as listed by a reader.
 
-    ``mask_path``: binary mask image (non-zero = ROI) or None; ``ignore_path``: image whose
-    non-zero pixels are set to 255 (ignore); ``mask_loader``: a callable returning the
-    H×W uint8 mask (0/1/255) for formats that need decoding (instance maps, trimaps,
-    polygons) — it wins over ``mask_path``. ``empty_mask``: the sample has an all-zero mask
-    (e.g. a normal histology patch) without any file. ``boxes``: N×4 (x1, y1, x2, y2) in
-    the original image's pixels. ``source``: "file:line" for error messages.
+    ``mask``: where the localisation mask comes from (:class:`MaskFile`,
+    :class:`MaskDecoder` or :data:`EMPTY_MASK`), None when the image has none. ``boxes``:
+    N×4 (x1, y1, x2, y2) in the original image's pixels. ``size``: (width, height) as
+    declared by the metadata. ``source``: "file:line" for error messages.
     """
 
     image_id: str
     image_path: Path
     label: int
-    mask_path: Path | None = None
-    ignore_path: Path | None = None
-    mask_loader: MaskLoader | None = None
-    empty_mask: bool = False
+    mask: MaskSource | None = None
     boxes: np.ndarray | None = None
     size: tuple[int, int] | None = None  # (width, height) as declared by the metadata
     source: str = ""
@@ -48,7 +70,13 @@ class Record:
 
     @property
     def has_mask(self) -> bool:
-        return self.mask_loader is not None or self.mask_path is not None or self.empty_mask
+        return self.mask is not None
+
+    def files(self) -> list[Path]:
+        """The image and mask files the record names (decoded masks name none)."""
+        m = self.mask
+        return [self.image_path] + ([m.path] + ([m.ignore] if m.ignore is not None else [])
+                                    if isinstance(m, MaskFile) else [])
 
 
 def _where(rec: Record) -> str:
@@ -59,24 +87,24 @@ def load_image(path: Path, rec: Record | None = None) -> np.ndarray:
     """Decode an RGB image as H×W×3 uint8, with a precise error on missing/corrupt files."""
     where = _where(rec) if rec else ""
     if not path.is_file():
-        raise DataError(f"{path}: image file not found{where}")
+        raise LocatedError(path, f"image file not found{where}")
     try:
         with Image.open(path) as im:
             return np.array(im.convert("RGB"))
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode image ({e}){where}; re-download or remove it from the split") from None
+        raise LocatedError(path, f"cannot decode image ({e}){where}; re-download or remove it from the split") from None
 
 
 def load_binary(path: Path, rec: Record | None = None) -> np.ndarray:
     """Decode a mask image as H×W bool (non-zero = True); colour masks use any channel."""
     where = _where(rec) if rec else ""
     if not path.is_file():
-        raise DataError(f"{path}: mask file not found{where}")
+        raise LocatedError(path, f"mask file not found{where}")
     try:
         with Image.open(path) as im:
             arr = np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot decode mask ({e}){where}") from None
+        raise LocatedError(path, f"cannot decode mask ({e}){where}") from None
     if arr.ndim == 3:
         arr = arr.max(axis=2)
     return arr > 0
@@ -84,27 +112,23 @@ def load_binary(path: Path, rec: Record | None = None) -> np.ndarray:
 
 def load_mask(rec: Record, shape: tuple[int, int]) -> np.ndarray | None:
     """The record's mask as H×W uint8 (0/1/255) checked against the image ``shape`` (H, W)."""
-    if rec.mask_loader is not None:
-        mask = np.asarray(rec.mask_loader(), dtype=np.uint8)
-    elif rec.mask_path is not None:
-        mask = load_binary(rec.mask_path, rec).astype(np.uint8)
-    elif rec.empty_mask:
-        mask = np.zeros(shape, np.uint8)
-    else:
+    src = rec.mask
+    if src is None:
         return None
+    if isinstance(src, EmptyMask):
+        return np.zeros(shape, np.uint8)
+    if isinstance(src, MaskDecoder):
+        mask, what = np.asarray(src.decode(), dtype=np.uint8), "mask"
+    else:
+        mask, what = load_binary(src.path, rec).astype(np.uint8), str(src.path)
     if mask.shape != shape:
-        what = rec.mask_path or "mask"
-        raise DataError(
-            f"{what}: mask is {mask.shape[1]}×{mask.shape[0]} (W×H) but image {rec.image_path} is "
-            f"{shape[1]}×{shape[0]}{_where(rec)}; masks must have the image's size"
-        )
-    if rec.ignore_path is not None:
-        ign = load_binary(rec.ignore_path, rec)
+        raise LocatedError(what, f"mask is {mask.shape[1]}×{mask.shape[0]} (W×H) but image {rec.image_path} is "
+                                 f"{shape[1]}×{shape[0]}{_where(rec)}; masks must have the image's size")
+    if isinstance(src, MaskFile) and src.ignore is not None:
+        ign = load_binary(src.ignore, rec)
         if ign.shape != shape:
-            raise DataError(
-                f"{rec.ignore_path}: ignore mask is {ign.shape[1]}×{ign.shape[0]} but image is "
-                f"{shape[1]}×{shape[0]}{_where(rec)}"
-            )
+            raise LocatedError(src.ignore, f"ignore mask is {ign.shape[1]}×{ign.shape[0]} but image is "
+                                           f"{shape[1]}×{shape[0]}{_where(rec)}")
         mask = mask.copy()
         mask[ign] = IGNORE
     return mask
@@ -117,8 +141,8 @@ def check_boxes(rec: Record, width: int, height: int) -> None:
     bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > width) | (b[:, 3] > height) | (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(
-            f"{rec.image_id}: box {b[i].tolist()} is outside the {width}×{height} image or inverted{_where(rec)}; "
+        raise LocatedError(
+            rec.image_id, f"box {b[i].tolist()} is outside the {width}×{height} image or inverted{_where(rec)}; "
             "expected 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height"
         )
 
@@ -128,8 +152,8 @@ def load_sample(rec: Record) -> Sample:
     img = load_image(rec.image_path, rec)
     h, w = img.shape[:2]
     if rec.size is not None and tuple(rec.size) != (w, h):
-        raise DataError(
-            f"{rec.image_path}: image is {w}×{h} but the metadata says {rec.size[0]}×{rec.size[1]}{_where(rec)}"
+        raise LocatedError(
+            rec.image_path, f"image is {w}×{h} but the metadata says {rec.size[0]}×{rec.size[1]}{_where(rec)}"
         )
     sample: Sample = {
         "image": torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0),
@@ -164,9 +188,9 @@ class RecordDataset(Dataset):
 
     def __getitem__(self, i: int) -> Sample:
         s = load_sample(self.records[i])
-        out = self.transform(dict(s)) if self.transform is not None else s
+        out = self.transform(cast(Sample, dict(s))) if self.transform is not None else s
         if self.keep_original:
-            out["orig_size"] = tuple(s["image"].shape[-2:])
+            out["orig_size"] = cast(tuple[int, int], tuple(s["image"].shape[-2:]))
             out["orig_mask"] = s.get("mask")
             out["orig_boxes"] = s.get("boxes")
         return out

@@ -12,30 +12,32 @@ labels in ``valpx`` / ``test`` and empty splits are warnings (evaluation needs t
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Literal
 
 from PIL import Image
 
-from wsol.data.records import Record, load_sample
+from wsol.data.problems import LocatedError, located
+from wsol.data.records import MaskFile, Record, load_sample
 from wsol.data.registry import SPLITS, get_dataset
-from wsol.errors import DataError, WSOLError
+from wsol.errors import ConfigError, WSOLError
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Problem:
-    """One thing wrong: ``split`` ("" when dataset-wide), ``where`` ("file:line" or a file),
-    ``message`` (what was wrong, what was expected, how to fix); ``severity``: "error" |
-    "warning"."""
+    """One thing wrong: ``severity`` ("error" | "warning"), ``split`` ("" when dataset-wide),
+    ``where`` ("file:line", a file, or ``data.options``), ``message`` (what was wrong, what
+    was expected, how to fix); ``image_id`` when it is about one image."""
 
+    severity: Literal["error", "warning"]
     split: str
     where: str
     message: str
     image_id: str = ""
-    severity: str = "error"
 
     def __str__(self) -> str:
         loc = f"[{self.split}] " if self.split else ""
@@ -78,28 +80,24 @@ class VerifyReport:
         return {r.split: r.images for r in self.rows if r.class_id == -1}
 
 
-def _messages(e: WSOLError) -> list[str]:
-    return list(getattr(e, "problems", None) or [str(e)])
-
-
-def _where(msg: str, default: str) -> str:
-    """The "file:line" a reader's message starts with (or names in "listed at ...")."""
-    if " (listed at " in msg:
-        return msg.split(" (listed at ", 1)[1].split(")", 1)[0]
-    head = msg.split(": ", 1)[0]
-    return head if head and len(head) < len(msg) else default
+def _problems(e: WSOLError, split: str, default: str) -> list[Problem]:
+    """The problems a reader's error carries, each at the place it names (``default`` for
+    an error that names none; option errors are at ``data.options``)."""
+    if isinstance(e, ConfigError):
+        default = "data.options"
+    return [Problem("error", split, where, msg) for where, msg in located(e, default)]
 
 
 def _check_record(rec: Record) -> None:
     """Decode everything the record points to (PIL ``verify`` first: CRC / structure)."""
-    for p in (rec.image_path, rec.mask_path, rec.ignore_path):
-        if p is not None and Path(p).is_file():
+    for p in rec.files():
+        if Path(p).is_file():
             try:
                 with Image.open(p) as im:
                     im.verify()
             except Exception as e:  # PIL raises many types on corrupt files
-                raise DataError(f"{p}: corrupt file ({type(e).__name__}: {e}) (listed at {rec.source}); "
-                                "re-download it or remove it from the split") from None
+                raise LocatedError(p, f"corrupt file ({type(e).__name__}: {e}) (listed at {rec.source}); "
+                                      "re-download it or remove it from the split") from None
     load_sample(rec)
 
 
@@ -110,30 +108,33 @@ def verify_dataset(name: str, root: Path, options: dict | None = None, *, decode
     record."""
     spec = get_dataset(name)
     root = Path(root)
-    options = dict(options or {})
     report = VerifyReport(name=name, root=root)
     add = report.problems.append
-    try:
-        classes = list(spec.class_names(root, options))
-    except WSOLError as e:
-        for m in _messages(e):
-            add(Problem("", _where(m, str(root)), m))
-        classes = []
-    per_split: dict[str, list[Record]] = {}
+    per_split: dict[str, list[Record]] = {s: [] for s in SPLITS}
     failed: set[str] = set()
-    listed: dict[str, Problem] = {}  # a metadata problem usually breaks every split: report it once
-    for split in SPLITS:
+    classes: list[str] = []
+    try:
+        opts = spec.validate(options)
+    except ConfigError as e:  # wrong options: nothing can be listed
+        report.problems += _problems(e, "", "data.options")
+        opts, failed = None, set(SPLITS)
+    if opts is not None:
         try:
-            per_split[split] = list(spec.list_records(root, split, options))
+            classes = list(spec.class_names(root, opts))
         except WSOLError as e:
-            for m in _messages(e):
-                if m in listed:
-                    listed[m].split = ""
-                else:
-                    listed[m] = Problem(split, _where(m, str(root)), m)
-                    add(listed[m])
-            per_split[split] = []
-            failed.add(split)
+            report.problems += _problems(e, "", str(root))
+        listed: dict[str, Problem] = {}  # a metadata problem usually breaks every split: report it once
+        for split in SPLITS:
+            try:
+                per_split[split] = list(spec.list_records(root, split, opts))
+            except WSOLError as e:
+                for p in _problems(e, split, str(root)):
+                    if p.message in listed:
+                        listed[p.message].split = ""
+                    else:
+                        listed[p.message] = p
+                        add(p)
+                failed.add(split)
 
     # ids: unique within a split, disjoint across splits (valpx may overlap valcl)
     id_sets: dict[str, set[str]] = {}
@@ -141,15 +142,15 @@ def verify_dataset(name: str, root: Path, options: dict | None = None, *, decode
         seen: dict[str, Record] = {}
         for r in recs:
             if r.image_id in seen:
-                add(Problem(split, r.source, f"{r.source}: image id {r.image_id!r} appears twice in split {split} "
-                            f"(also at {seen[r.image_id].source}); remove the duplicate", r.image_id))
+                add(Problem("error", split, r.source, f"{r.source}: image id {r.image_id!r} appears twice in split "
+                            f"{split} (also at {seen[r.image_id].source}); remove the duplicate", r.image_id))
             seen.setdefault(r.image_id, r)
         id_sets[split] = set(seen)
     for a, b in (("train", "valcl"), ("train", "test"), ("valcl", "test"), ("train", "valpx"), ("valpx", "test")):
         common = sorted(id_sets[a] & id_sets[b])
         if common:
             shown = ", ".join(common[:5]) + (f" (+{len(common) - 5} more)" if len(common) > 5 else "")
-            add(Problem(b, "", f"{len(common)} image(s) in both {a} and {b}: {shown}; splits must not overlap"))
+            add(Problem("error", b, "", f"{len(common)} image(s) in both {a} and {b}: {shown}; splits must not overlap"))
 
     total = sum(len(r) for r in per_split.values())
     done = 0
@@ -158,28 +159,30 @@ def verify_dataset(name: str, root: Path, options: dict | None = None, *, decode
         rows = {c: CountRow(split, c, classes[c] if c < len(classes) else "?") for c in range(len(classes))}
         total_row = CountRow(split, -1, "(all)")
         if not recs and split not in failed:
-            add(Problem(split, "", f"split {split} is empty", severity="warning"))
+            add(Problem("warning", split, "", f"split {split} is empty"))
         for r in recs:
             done += 1
             bad_label = not (0 <= int(r.label) < len(classes)) if classes else False
             if bad_label:
-                add(Problem(split, r.source, f"{r.source}: label {r.label} of {r.image_id!r} is outside "
+                add(Problem("error", split, r.source, f"{r.source}: label {r.label} of {r.image_id!r} is outside "
                             f"0..{len(classes) - 1} ({len(classes)} classes); fix the label or the class list",
                             r.image_id))
-            key = (r.image_id, str(r.image_path), str(r.mask_path))
+            mask_file = r.mask.path if isinstance(r.mask, MaskFile) else None
+            key = (r.image_id, str(r.image_path), str(mask_file))
             if decode and key not in decoded:  # valpx usually repeats valcl: decode (and report) once
                 decoded.add(key)
                 try:
                     _check_record(r)
-                except WSOLError as e:
-                    for m in _messages(e):
-                        add(Problem(split, r.source or _where(m, ""), m, r.image_id))
-                except Exception as e:  # a reader's mask_loader may fail in its own way
-                    add(Problem(split, r.source, f"{r.source}: {r.image_id!r}: {type(e).__name__}: {e}", r.image_id))
+                except WSOLError as e:  # at the record's line (else at the file the error names)
+                    for where, msg in located(e, ""):
+                        add(Problem("error", split, r.source or where, msg, r.image_id))
+                except Exception as e:  # a reader's MaskDecoder may fail in its own way
+                    add(Problem("error", split, r.source, f"{r.source}: {r.image_id!r}: {type(e).__name__}: {e}",
+                                r.image_id))
             has_loc = r.has_mask or r.boxes is not None
             if split in ("valpx", "test") and not has_loc:
-                add(Problem(split, r.source, f"{r.source}: {r.image_id!r} has neither mask nor box; "
-                            f"{split} images are used for localisation", r.image_id, "warning"))
+                add(Problem("warning", split, r.source, f"{r.source}: {r.image_id!r} has neither mask nor box; "
+                            f"{split} images are used for localisation", r.image_id))
             for row in ([rows[int(r.label)]] if int(r.label) in rows else []) + [total_row]:
                 row.images += 1
                 row.with_mask += int(r.has_mask)

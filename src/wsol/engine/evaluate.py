@@ -1,7 +1,9 @@
-"""Score a model on one split with every metric of the protocol (wsol.metrics).
+"""The one Evaluator: score a model on one split with every metric of the protocol
+(wsol.metrics).
 
-:func:`evaluate_split` runs the classifier and the localiser over a loader of
-``wsol.data.sample.collate`` batches and feeds the streaming accumulators:
+:class:`Evaluator` is built from a model and a localiser — the model's own ``localize``
+(default) or any ``(images, targets) -> CAM`` callable such as an extractor — and runs
+over a loader of :class:`~wsol.data.sample.Batch` es, feeding the streaming accumulators:
 classification always, pixel metrics (``loc_kind="mask"``) or box metrics
 (``loc_kind="box"``) when ``localize``. Localisation follows the GT-known protocol: the
 CAM of the ground-truth class. The model's forward and its own ``localize`` run under
@@ -22,20 +24,33 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from wsol.cams import to_cam
+from wsol.cams import model_logits, to_cam
+from wsol.data.sample import Batch
+from wsol.engine.selection import selection_score  # noqa: F401  (re-exported: B-LOC score)
 from wsol.errors import MetricError
 from wsol.metrics import BoxAccumulator, ClassificationAccumulator, PixelAccumulator
 from wsol.metrics.pixel import validate_cams
 
 log = logging.getLogger(__name__)
+
+
+class Localizer(Protocol):
+    """Anything that turns images and per-sample class ids into CAMs (B×H×W in [0, 1]):
+    a method's ``localize``, an extractor, a post-processed localiser."""
+
+    def __call__(self, images: Tensor, targets: Tensor | None = None, /) -> Tensor: ...
+
+
+class Progress(Protocol):
+    def __call__(self, n: int, /) -> None: ...
 
 
 @dataclass
@@ -51,19 +66,15 @@ class EvalResult:
     gallery: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _logits(out: Any) -> Tensor:
-    return out.logits if hasattr(out, "logits") else out
-
-
-def _original_labels(batch: dict[str, Any], key: str, n: int) -> list[Any]:
-    if "orig_sizes" not in batch or key not in batch:
+def _original_labels(batch: Batch, key: str, n: int) -> list[Any]:
+    vals = getattr(batch, key)
+    if batch.orig_sizes is None or vals is None:
         raise MetricError(
             f"eval_size='original' needs the batch keys 'orig_sizes' (list of (H, W)) and {key!r} (labels at the "
             "original resolution); this loader's batches lack them. Use eval_size='input' or a dataset that "
             "returns original-size labels"
         )
-    vals = batch[key]
-    if len(vals) != n or len(batch["orig_sizes"]) != n:
+    if len(vals) != n or len(batch.orig_sizes) != n:
         raise MetricError(f"eval_size='original': batch of {n} images but {len(vals)} entries in {key!r}")
     return list(vals)
 
@@ -73,113 +84,138 @@ def _to_original(cams: Tensor, sizes: list[Any]) -> list[Tensor]:
     return [to_cam(c[None], (int(s[0]), int(s[1])))[0] for c, s in zip(cams, sizes)]
 
 
-def evaluate_split(
-    model: torch.nn.Module,
-    loader: Iterable[dict[str, Any]],
-    *,
-    loc_kind: Literal["mask", "box"],
-    device: torch.device,
-    localizer: Callable[[Tensor, Tensor | None], Tensor] | None = None,
-    tau: float | None = None,
-    eval_size: Literal["input", "original"] = "input",
-    localize: bool = True,
-    progress: Callable[[int], None] | None = None,
-    gallery: int = 0,
-) -> EvalResult:
-    """Evaluate ``model`` on every batch of ``loader``.
+class Evaluator:
+    """Scores ``model`` on loaders of batches.
 
     ``localizer(images, targets) -> CAM`` defaults to ``model.localize`` (run under
     ``no_grad``); a given localizer (an extractor) runs outside ``no_grad`` as it manages
-    gradients itself; either is called with the ground-truth labels (GT-known protocol); ``tau`` is the
-    threshold of the pooled Dice / region sizes of mask sets (e.g. τ* chosen on valpx;
-    ``None``: this split's τ*; box metrics sweep their own thresholds); ``localize=False``
-    computes classification metrics only. Images without a mask (mask sets) or without a
-    GT box (box sets) count for classification only. ``progress`` is
-    called with the batch size after each batch; ``gallery`` keeps the first samples."""
-    if loc_kind not in ("mask", "box"):
-        raise MetricError(f"evaluate_split: loc_kind must be 'mask' or 'box', got {loc_kind!r}")
-    if eval_size not in ("input", "original"):
-        raise MetricError(f"evaluate_split: eval_size must be 'input' or 'original', got {eval_size!r}")
-    loc_fn = localizer if localizer is not None else getattr(model, "localize", None)
-    if localize and loc_fn is None:
-        raise MetricError("evaluate_split: the model has no localize(images, targets); pass a localizer")
-    cls_acc = ClassificationAccumulator()
-    # F1± at 0.5, or at the threshold that makes a method's own binary mask (MAXMIN: σ)
-    f1_tau = float(getattr(model, "binary_threshold", 0.5)) if localizer is None else 0.5
-    pix = PixelAccumulator(region_tau=tau, f1_tau=f1_tau) if localize and loc_kind == "mask" else None
-    box = BoxAccumulator() if localize and loc_kind == "box" else None
-    items: list[dict[str, Any]] = []
-    was_training = model.training
-    model.eval()
-    try:
-        for batch in loader:
-            images = batch["images"].to(device, non_blocking=True)
-            labels = batch["labels"].to(device)
-            n = images.shape[0]
-            with torch.no_grad():
-                logits = _logits(model(images)).detach()
-            cls_acc.update(logits, labels)
-            cams = None
-            if localize:
-                # a method's own localize needs no graph; an extractor manages its gradients
-                with torch.no_grad() if localizer is None else contextlib.nullcontext():
-                    cams = validate_cams(loc_fn(images, labels).detach(), "localizer output")
-                if tuple(cams.shape) != (n, *images.shape[-2:]):
-                    raise MetricError(
-                        f"localizer returned CAMs of shape {tuple(cams.shape)}, expected {(n, *images.shape[-2:])} "
-                        "(B×H×W at the input resolution, CAM contract)"
-                    )
-                if pix is not None:
+    gradients itself; either is called with the ground-truth labels (GT-known protocol).
+    ``localize=False`` computes classification metrics only. F1± use the method's own
+    ``binary_threshold`` (MAXMIN: σ) when it localises with its own maps, else 0.5."""
+
+    def __init__(self, model: torch.nn.Module, *, loc_kind: Literal["mask", "box"], device: torch.device,
+                 localizer: Localizer | None = None, localize: bool = True):
+        if loc_kind not in ("mask", "box"):
+            raise MetricError(f"Evaluator: loc_kind must be 'mask' or 'box', got {loc_kind!r}")
+        own = getattr(model, "localize", None)
+        self.localizer = localizer if localizer is not None else own
+        if localize and self.localizer is None:
+            raise MetricError("Evaluator: the model has no localize(images, targets); pass a localizer")
+        self.model, self.loc_kind, self.device, self.localize = model, loc_kind, device, localize
+        self.own_maps = localizer is None
+        threshold = getattr(model, "binary_threshold", None) if self.own_maps else None
+        self.f1_tau = 0.5 if threshold is None else float(threshold)
+
+    def run(self, loader: Iterable[Batch], *, tau: float | None = None,
+            eval_size: Literal["input", "original"] = "input", progress: Progress | None = None,
+            gallery: int = 0) -> EvalResult:
+        """Evaluate every batch of ``loader``. ``tau``: the threshold of the pooled Dice /
+        region sizes of mask sets (e.g. τ* chosen on valpx; ``None``: this split's τ*; box
+        metrics sweep their own thresholds). Images without a mask (mask sets) or without a
+        GT box (box sets) count for classification only. ``progress`` is called with the
+        batch size after each batch; ``gallery`` keeps the first samples."""
+        if eval_size not in ("input", "original"):
+            raise MetricError(f"Evaluator: eval_size must be 'input' or 'original', got {eval_size!r}")
+        model, localize = self.model, self.localize
+        cls_acc = ClassificationAccumulator()
+        pix = PixelAccumulator(region_tau=tau, f1_tau=self.f1_tau) if localize and self.loc_kind == "mask" else None
+        box = BoxAccumulator() if localize and self.loc_kind == "box" else None
+        items: list[dict[str, Any]] = []
+        was_training = model.training
+        model.eval()
+        try:
+            for batch in loader:
+                images = batch.images.to(self.device, non_blocking=True)
+                labels = batch.labels.to(self.device)
+                n = images.shape[0]
+                with torch.no_grad():
+                    logits = model_logits(model(images)).detach()
+                cls_acc.update(logits, labels)
+                cams = self.cams(images, labels) if localize else None
+                if pix is not None and cams is not None:
                     _update_pixels(pix, cams, batch, n, eval_size)
-                else:
+                elif box is not None and cams is not None:
                     _update_boxes(box, cams, batch, n, eval_size, logits, labels)
-            if len(items) < gallery:
-                items += _gallery_items(batch, cams, logits, gallery - len(items), loc_kind)
-            if progress is not None:
-                progress(n)
-    finally:
-        model.train(was_training)
-    metrics: dict[str, Any] = dict(cls_acc.compute())
-    curves: dict[str, Any] = {}
-    if pix is not None:
-        metrics.update(pix.compute(tau=tau))
-        curves = pix.curves(tau=metrics["tau"])
-    if box is not None:
-        metrics.update(box.compute())
-        curves = box.curves()
-    log.debug("evaluated %d images (%s, localize=%s): %s", metrics["n_images"], loc_kind, localize, metrics)
-    return EvalResult(metrics=metrics, curves=curves, gallery=items)
+                if len(items) < gallery:
+                    items += _gallery_items(batch, cams, logits, gallery - len(items), self.loc_kind)
+                if progress is not None:
+                    progress(n)
+        finally:
+            model.train(was_training)
+        metrics: dict[str, Any] = dict(cls_acc.compute())
+        curves: dict[str, Any] = {}
+        if pix is not None:
+            metrics.update(pix.compute(tau=tau))
+            curves = pix.curves(tau=metrics["tau"])
+        if box is not None:
+            metrics.update(box.compute())
+            curves = box.curves()
+        log.debug("evaluated %d images (%s, localize=%s): %s", metrics["n_images"], self.loc_kind, localize, metrics)
+        return EvalResult(metrics=metrics, curves=curves, gallery=items)
+
+    def cams(self, images: Tensor, targets: Tensor) -> Tensor:
+        """Contract-checked CAMs of ``targets`` (B×H×W at the input resolution)."""
+        assert self.localizer is not None
+        # a method's own localize needs no graph; an extractor manages its gradients
+        with torch.no_grad() if self.own_maps else contextlib.nullcontext():
+            cams = validate_cams(self.localizer(images, targets).detach(), "localizer output")
+        n = images.shape[0]
+        if tuple(cams.shape) != (n, *images.shape[-2:]):
+            raise MetricError(
+                f"localizer returned CAMs of shape {tuple(cams.shape)}, expected {(n, *images.shape[-2:])} "
+                "(B×H×W at the input resolution, CAM contract)"
+            )
+        return cams
 
 
-def _update_pixels(pix: PixelAccumulator, cams: Tensor, batch: dict[str, Any], n: int, eval_size: str) -> None:
+def evaluate_split(
+    model: torch.nn.Module,
+    loader: Iterable[Batch],
+    *,
+    loc_kind: Literal["mask", "box"],
+    device: torch.device,
+    localizer: Localizer | None = None,
+    tau: float | None = None,
+    eval_size: Literal["input", "original"] = "input",
+    localize: bool = True,
+    progress: Progress | None = None,
+    gallery: int = 0,
+) -> EvalResult:
+    """One call: ``Evaluator(model, ...).run(loader, ...)`` (see both)."""
+    ev = Evaluator(model, loc_kind=loc_kind, device=device, localizer=localizer, localize=localize)
+    return ev.run(loader, tau=tau, eval_size=eval_size, progress=progress, gallery=gallery)
+
+
+def _update_pixels(pix: PixelAccumulator, cams: Tensor, batch: Batch, n: int, eval_size: str) -> None:
     if eval_size == "original":
         masks = _original_labels(batch, "orig_masks", n)
         keep = [i for i, m in enumerate(masks) if m is not None]
-        sizes = [batch["orig_sizes"][i] for i in keep]
+        assert batch.orig_sizes is not None
+        sizes = [batch.orig_sizes[i] for i in keep]
         pix.update(_to_original(cams[keep], sizes), [torch.as_tensor(masks[i]) for i in keep])
         return
-    masks = batch.get("masks")
-    if masks is None:
+    if batch.masks is None or batch.has_mask is None:
         return
-    if isinstance(masks, Tensor):
-        pix.update(cams, masks.to(cams.device))
+    if bool(batch.has_mask.all()):
+        pix.update(cams, batch.masks.to(cams.device))
     else:
-        pix.update(list(cams), list(masks))
+        pix.update(list(cams), batch.mask_list())
 
 
 def _update_boxes(
-    box: BoxAccumulator, cams: Tensor, batch: dict[str, Any], n: int, eval_size: str, logits: Tensor, labels: Tensor
+    box: BoxAccumulator, cams: Tensor, batch: Batch, n: int, eval_size: str, logits: Tensor, labels: Tensor
 ) -> None:
     if eval_size == "original":
         boxes = _original_labels(batch, "orig_boxes", n)
     else:
-        boxes = list(batch["boxes"])
+        boxes = list(batch.boxes)
     keep = [i for i, b in enumerate(boxes) if b is not None and len(b) > 0]  # images without a GT box are skipped
     if not keep:
         return
     sel = cams[keep]
     if eval_size == "original":
-        resized = _to_original(sel, [batch["orig_sizes"][i] for i in keep])
+        assert batch.orig_sizes is not None
+        resized = _to_original(sel, [batch.orig_sizes[i] for i in keep])
         if len({tuple(c.shape) for c in resized}) > 1:  # sizes differ: one image at a time
             for i, c in zip(keep, resized):
                 box.update(c[None], [boxes[i]], logits[i : i + 1], labels[i : i + 1])
@@ -189,33 +225,23 @@ def _update_boxes(
 
 
 def _gallery_items(
-    batch: dict[str, Any], cams: Tensor | None, logits: Tensor, k: int, loc_kind: str
+    batch: Batch, cams: Tensor | None, logits: Tensor, k: int, loc_kind: str
 ) -> list[dict[str, Any]]:
     out = []
-    masks = batch.get("masks")
+    masks = batch.mask_list()
     preds = logits.argmax(1).cpu()
-    for i in range(min(k, batch["images"].shape[0])):
-        img = (batch["images"][i].detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
-        mask = masks[i] if masks is not None else None
+    for i in range(min(k, len(batch))):
+        img = (batch.images[i].detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        mask = masks[i]
         item = {
-            "image_id": str(batch["image_ids"][i]),
+            "image_id": str(batch.image_ids[i]),
             "image": img.permute(1, 2, 0).cpu().numpy(),
             "mask": None if mask is None else torch.as_tensor(mask).to(torch.uint8).cpu().numpy(),
             "cam": None if cams is None else cams[i].float().cpu().numpy().astype(np.float32),
-            "label": int(batch["labels"][i]),
+            "label": int(batch.labels[i]),
             "pred": int(preds[i]),
         }
         if loc_kind == "box":
-            item["boxes"] = torch.as_tensor(batch["boxes"][i]).float().cpu().numpy()
+            item["boxes"] = torch.as_tensor(batch.boxes[i]).float().cpu().numpy()
         out.append(item)
     return out
-
-
-def selection_score(metrics: dict[str, Any], loc_kind: str) -> float:
-    """B-LOC model-selection score: PxAP for mask datasets, MaxBoxAccV2 for box datasets."""
-    key = {"mask": "pxap", "box": "max_box_acc_v2"}.get(loc_kind)
-    if key is None:
-        raise MetricError(f"selection_score: loc_kind must be 'mask' or 'box', got {loc_kind!r}")
-    if key not in metrics:
-        raise MetricError(f"selection_score: metrics lack {key!r} (was the split evaluated with localize=True?)")
-    return float(metrics[key])

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
+from wsol.cams import model_logits
 from wsol.data.records import Record, load_sample
 from wsol.data.transforms import build_transform
-from wsol.engine.run import load_method
+from wsol.engine.pipeline import LocalizerFactory
 from wsol.errors import WSOLError
 from wsol.report.overlay import heatmap, overlay, save_png
+from wsol.runs import load_run
 
 
 def _target_id(target: str | None, class_names: list[str]) -> int | None:
@@ -26,22 +27,21 @@ def _target_id(target: str | None, class_names: list[str]) -> int | None:
 
 
 def cam_images(run_dir: Path, images: list[Path], out: Path, *, checkpoint: str = "best_loc",
-               target: str | None = None, localizer_factory: Callable | None = None) -> list[dict]:
+               target: str | None = None, localizer_factory: LocalizerFactory | None = None) -> list[dict]:
     """Predict each image, compute its CAM (for ``target`` or the predicted class) at the
-    model's input size, and write ``<stem>_heatmap.png`` and ``<stem>_overlay.png``."""
-    cfg, method, class_names, _, _ = load_method(Path(run_dir), checkpoint)
-    device = next(method.parameters()).device
+    model's input size, and write ``<stem>_heatmap.png`` and ``<stem>_overlay.png``. Needs
+    only the run folder (not its dataset)."""
+    run = load_run(Path(run_dir), checkpoint)
+    method, class_names, device = run.method, run.class_names, run.device
     localize = localizer_factory(method) if localizer_factory is not None else method.localize
-    transform = build_transform(cfg.data, train=False)
+    transform = build_transform(run.config.data, train=False)
     tid = _target_id(target, class_names)
     rows = []
     for path in images:
         sample = transform(load_sample(Record(image_id=path.name, image_path=Path(path), label=0)))
         x = sample["image"][None].to(device)
         with torch.no_grad():
-            out_ = method(x)
-            logits = getattr(out_, "logits", out_)
-            prob = logits.softmax(1)[0]
+            prob = model_logits(method(x)).softmax(1)[0]
         pred = int(prob.argmax())
         t = torch.tensor([pred if tid is None else tid], device=device)
         cam = localize(x, t)[0].detach().cpu().numpy()

@@ -1,11 +1,14 @@
 """One engine trains every method.
 
-SGD (Nesterov, momentum, weight decay) with a classifier-head LR multiplier and step LR
-decay; seeded (same seed -> same metrics on CPU); per-epoch validation (accuracy on
-``valcl``, localisation on ``valpx``); keeps ``best_loc`` (B-LOC), ``best_cls`` (B-CL) and
-``last`` checkpoints; resumable from ``last``; logs every loss term and metric per epoch
-to CSV and TensorBoard. Human-facing progress goes through :class:`Callbacks` (the CLI
-draws rich progress bars); the library itself only logs.
+Optimiser and LR schedule from the config (:func:`build_optimizer`, :func:`build_scheduler`;
+default SGD with Nesterov momentum, a classifier-head LR multiplier); seeded (same seed ->
+same metrics on CPU); per-epoch validation (accuracy on ``valcl``, localisation on
+``valpx``); keeps one checkpoint per selection criterion (``best_loc`` = B-LOC, ``best_cls``
+= B-CL, and any the method adds, see :mod:`wsol.engine.selection`) plus ``last``; resumable
+from ``last``; logs every loss term and metric per epoch to CSV and TensorBoard; writes
+``run.json`` so the run can be used without its dataset (:func:`wsol.runs.load_run`).
+Human-facing progress goes through :class:`Callbacks` (the CLI draws progress bars); the
+library itself only logs.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import io
 import logging
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,40 +31,33 @@ from torch.utils.data import DataLoader
 from wsol.config import RunConfig, dump_config
 from wsol.data.registry import build_dataset, get_dataset
 from wsol.data.sample import collate
-from wsol.engine.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from wsol.engine.evaluate import evaluate_split, selection_score
+from wsol.engine.callbacks import Callbacks
+from wsol.engine.evaluate import Evaluator
+from wsol.engine.selection import DEFAULT_CRITERIA, SELECTION, Criterion
 from wsol.errors import CheckpointError, WSOLError
 from wsol.fileio import atomic_write_text
 from wsol.methods.base import Method, TrainState, build_method
+from wsol.nn.backbones import IMAGENET_MEAN, IMAGENET_STD
+from wsol.runs import (
+    HISTORY,
+    LAST,
+    RunInfo,
+    checkpoint_path,
+    load_checkpoint,
+    resolve_device,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_run_info,
+)
 
 log = logging.getLogger(__name__)
-
-
-class Callbacks:
-    """Progress hooks; the CLI subclasses this to draw progress bars. All no-ops here."""
-
-    def on_stage(self, name: str, total: int) -> None:
-        """A stage (``train epoch k`` / ``valcl`` / ``valpx`` / ``test``) of ``total`` images starts."""
-
-    def on_advance(self, n: int) -> None:
-        """``n`` more images of the current stage are done."""
-
-    def on_epoch_end(self, row: dict[str, float]) -> None:
-        """An epoch's row of history (loss terms, lr, validation metrics)."""
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise WSOLError("device: 'cuda' requested but CUDA is not available; use device: auto or cpu")
-    return torch.device(name)
 
 
 def _worker_init(worker_id: int) -> None:
@@ -87,22 +84,67 @@ def make_loader(cfg: RunConfig, split: str, train: bool, seed: int = 0, keep_ori
     )
 
 
-def build_model(cfg: RunConfig) -> tuple[Method, list[str], str]:
-    """The method for this config, the class names and the localisation label kind."""
+def build_model(cfg: RunConfig) -> tuple[Method, RunInfo]:
+    """The method for this config and the run's description (class names from the dataset)."""
     spec = get_dataset(cfg.data.name)
     class_names = spec.class_names(Path(cfg.data.root), dict(cfg.data.options))
     method = build_method(cfg.model.method, cfg.model.backbone, len(class_names))
-    return method, class_names, spec.loc
+    criteria = [*DEFAULT_CRITERIA, *method.selection_criteria]
+    info = RunInfo(method=cfg.model.method.name, class_names=list(class_names), loc_kind=spec.loc,
+                   image_size=cfg.data.image_size, data_root=str(Path(cfg.data.root).resolve()), dataset=cfg.data.name,
+                   normalization={"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}, selection=criteria,
+                   versions=RunInfo.versions_now())
+    return method, info
+
+
+def build_optimizer(cfg: RunConfig, method: Method) -> torch.optim.Optimizer:
+    """``optim.name``: SGD (momentum, Nesterov), Adam or AdamW over the method's parameter
+    groups (backbone at ``lr``, new layers at ``lr · head_lr_mult``)."""
+    o = cfg.optim
+    groups = method.param_groups(o.lr, o.head_lr_mult)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
+                               weight_decay=o.weight_decay)
+    cls = torch.optim.Adam if o.name == "adam" else torch.optim.AdamW
+    return cls(groups, lr=o.lr, betas=(o.betas[0], o.betas[1]), weight_decay=o.weight_decay)
+
+
+def lr_factor(cfg: RunConfig, epoch: int) -> float:
+    """The LR multiplier after ``epoch`` completed epochs (``sched.*``), before the floor."""
+    s, n = cfg.sched, cfg.optim.epochs
+    if s.warmup_epochs and epoch < s.warmup_epochs:
+        return (epoch + 1) / (s.warmup_epochs + 1)
+    e = epoch - s.warmup_epochs
+    span = max(n - s.warmup_epochs, 1)
+    if s.name == "step":
+        return s.gamma ** (e // s.step_size)
+    if s.name == "multistep":
+        return s.gamma ** sum(epoch >= m for m in s.milestones)
+    if s.name == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * min(e, span) / span))
+    if s.name == "poly":
+        return max(1 - e / span, 0.0) ** s.power
+    return 1.0
+
+
+def build_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """Per-epoch schedule of ``sched.name`` with warm-up and the ``min_lr`` floor; None when
+    the LR is constant."""
+    s = cfg.sched
+    if s.name == "none" and not s.warmup_epochs:
+        return None
+    def factor(floor: float) -> Callable[[int], float]:
+        return lambda epoch: max(lr_factor(cfg, epoch), floor)
+
+    floors = [s.min_lr / g["lr"] if g["lr"] > 0 else 0.0 for g in opt.param_groups]
+    return torch.optim.lr_scheduler.LambdaLR(opt, [factor(f) for f in floors])
 
 
 @dataclass
 class TrainResult:
     run_dir: Path
     history: list[dict[str, float]]
-    best: dict[str, dict[str, float]] = field(default_factory=dict)
-
-
-HISTORY = "history.csv"
+    best: dict[str, float] = field(default_factory=dict)
 
 
 class Trainer:
@@ -111,15 +153,6 @@ class Trainer:
         self.run_dir = Path(run_dir or cfg.run_dir)
         self.cb = callbacks or Callbacks()
         self.device = resolve_device(cfg.device)
-
-    # ---------------------------------------------------------------------------------
-    def _optimizer(self, method: Method) -> tuple[torch.optim.Optimizer, Any]:
-        o = self.cfg.optim
-        groups = method.param_groups(o.lr, o.head_lr_mult)
-        opt = torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, nesterov=o.nesterov and o.momentum > 0,
-                              weight_decay=o.weight_decay)
-        sched = torch.optim.lr_scheduler.StepLR(opt, o.step_size, o.gamma) if o.step_size > 0 else None
-        return opt, sched
 
     def _write_history(self, history: list[dict[str, float]]) -> None:
         keys: list[str] = []
@@ -134,21 +167,23 @@ class Trainer:
     def fit(self, resume: bool = False) -> TrainResult:
         cfg = self.cfg
         seed_everything(cfg.seed)
-        method, class_names, loc_kind = build_model(cfg)
+        method, info = build_model(cfg)
         method.to(self.device)
-        opt, sched = self._optimizer(method)
+        opt = build_optimizer(cfg, method)
+        sched = build_scheduler(cfg, opt)
+        criteria = [SELECTION.get(name) for name in info.selection]
         train_loader = make_loader(cfg, "train", train=True, seed=cfg.seed)
-        valcl_loader = make_loader(cfg, "valcl", train=False)
-        valpx_loader = make_loader(cfg, "valpx", train=False)
+        val_loaders = {split: make_loader(cfg, split, train=False)
+                       for split in ("valcl", "valpx") if any(c.split == split for c in criteria)}
 
         history: list[dict[str, float]] = []
-        best = {"best_loc": -math.inf, "best_cls": -math.inf}
+        best = {c.name: -math.inf for c in criteria}
         start_epoch = 0
         if resume:
-            ck = load_checkpoint(self.run_dir, "last", map_location=self.device)
+            ck = load_checkpoint(self.run_dir, LAST, map_location=self.device)
             if _resume_key(ck.get("config", "")) != _resume_key(dump_config(cfg)):
                 raise CheckpointError(
-                    f"{checkpoint_path(self.run_dir, 'last')}: the run was trained with another config; "
+                    f"{checkpoint_path(self.run_dir, LAST)}: the run was trained with another config; "
                     "resume with the run's own config.yaml (only optim.epochs may change), "
                     "or train into a new run_dir"
                 )
@@ -156,15 +191,13 @@ class Trainer:
             opt.load_state_dict(ck["optimizer"])
             if sched is not None and ck.get("scheduler") is not None:
                 sched.load_state_dict(ck["scheduler"])
-            history, best, start_epoch = ck["history"], ck["best"], ck["epoch"] + 1
-            torch.set_rng_state(ck["rng"]["torch"])
-            np.random.set_state(ck["rng"]["numpy"])
-            random.setstate(ck["rng"]["python"])
-            train_loader.generator.set_state(ck["rng"]["loader"])
+            history, best, start_epoch = list(ck["history"]), dict(ck["best"]), int(ck["epoch"]) + 1
+            set_rng_state(ck["rng"], train_loader.generator)
             log.info("resumed %s at epoch %d", self.run_dir, start_epoch)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+        write_run_info(self.run_dir, info)
         writer = _tensorboard(self.run_dir / "tb")
         try:
             for epoch in range(start_epoch, cfg.optim.epochs):
@@ -172,19 +205,17 @@ class Trainer:
                 if sched is not None:
                     sched.step()
                 if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs:
-                    row.update(self._validate(method, valcl_loader, valpx_loader, loc_kind, epoch, best))
+                    row.update(self._validate(method, val_loaders, criteria, info, epoch, best))
                 history.append(row)
                 for k, v in row.items():
                     if k != "epoch" and writer is not None:
                         writer.add_scalar(k, v, epoch)
                 self._write_history(history)
-                save_checkpoint(checkpoint_path(self.run_dir, "last"), {
+                save_checkpoint(checkpoint_path(self.run_dir, LAST), {
                     "model": method.state_dict(), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict() if sched is not None else None,
                     "epoch": epoch, "history": history, "best": best, "config": dump_config(cfg),
-                    "class_names": class_names,
-                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                            "python": random.getstate(), "loader": train_loader.generator.get_state()},
+                    "class_names": info.class_names, "rng": rng_state(train_loader.generator),
                 })
                 self.cb.on_epoch_end(row)
         finally:
@@ -198,9 +229,12 @@ class Trainer:
         state = TrainState(epoch=epoch, step=epoch * len(loader), num_epochs=self.cfg.optim.epochs)
         sums: dict[str, float] = {}
         n = 0
-        self.cb.on_stage(f"epoch {epoch + 1}/{self.cfg.optim.epochs}", len(loader.dataset))
+        self.cb.on_stage(f"epoch {epoch + 1}/{self.cfg.optim.epochs}", len(loader.dataset))  # type: ignore[arg-type]
         for batch in loader:
-            batch = _to_device(batch, self.device)
+            batch = batch.to(self.device, non_blocking=True)
+            # zero first: a method may backpropagate part of its loss inside training_step
+            # (min-max entropy's recursion does, one step at a time) before ``total``
+            opt.zero_grad(set_to_none=True)
             terms = method.training_step(batch, state)
             total = terms["total"]
             if not torch.isfinite(total.detach()):
@@ -209,10 +243,10 @@ class Trainer:
                     + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
                     + "); lower optim.lr or check the data"
                 )
-            opt.zero_grad(set_to_none=True)
-            total.backward()
+            if total.requires_grad:
+                total.backward()
             opt.step()
-            bs = len(batch["labels"])
+            bs = len(batch)
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
             n += bs
@@ -222,28 +256,25 @@ class Trainer:
         row.update({f"train/{k}": v / max(n, 1) for k, v in sums.items()})
         return row
 
-    def _validate(self, method: Method, valcl: DataLoader, valpx: DataLoader, loc_kind: str, epoch: int,
-                  best: dict[str, float]) -> dict[str, float]:
+    def _validate(self, method: Method, loaders: dict[str, DataLoader], criteria: list[Criterion], info: RunInfo,
+                  epoch: int, best: dict[str, float]) -> dict[str, float]:
         method.eval()
-        self.cb.on_stage("valcl", len(valcl.dataset))
-        cl = evaluate_split(method, valcl, loc_kind=loc_kind, device=self.device, localize=False,
-                            progress=self.cb.on_advance).metrics
-        self.cb.on_stage("valpx", len(valpx.dataset))
-        px = evaluate_split(method, valpx, loc_kind=loc_kind, device=self.device,
-                            progress=self.cb.on_advance).metrics
-        scores = {"best_cls": float(cl["top1_acc"]), "best_loc": float(selection_score(px, loc_kind))}
-        # B-LOC keeps the first epoch reaching its best score; B-CL keeps the latest among
-        # ties (on small valcl sets accuracy saturates early while training continues).
-        for name, score in scores.items():
-            better = score > best[name] if name == "best_loc" else score >= best[name]
-            if better:
-                best[name] = score
-                save_checkpoint(checkpoint_path(self.run_dir, name), {
+        metrics: dict[str, dict[str, Any]] = {}
+        for split, loader in loaders.items():
+            self.cb.on_stage(split, len(loader.dataset))  # type: ignore[arg-type]
+            ev = Evaluator(method, loc_kind=info.loc_kind, device=self.device, localize=split == "valpx")
+            metrics[split] = ev.run(loader, progress=self.cb.on_advance).metrics
+        for c in criteria:
+            score = float(c.score(metrics[c.split], info.loc_kind, self.cfg.eval.selection_metric))
+            if c.better(score, best[c.name]):
+                best[c.name] = score
+                save_checkpoint(checkpoint_path(self.run_dir, c.name), {
                     "model": method.state_dict(), "epoch": epoch, "score": score,
-                    "config": dump_config(self.cfg),
+                    "config": dump_config(self.cfg), "class_names": info.class_names,
                 })
-        row = {f"valcl/{k}": float(v) for k, v in cl.items() if _is_number(v)}
-        row.update({f"valpx/{k}": float(v) for k, v in px.items() if _is_number(v)})
+        row: dict[str, float] = {}
+        for split, m in metrics.items():
+            row.update({f"{split}/{k}": float(v) for k, v in m.items() if _is_number(v)})
         return row
 
 
@@ -256,15 +287,6 @@ def _resume_key(config_yaml: str) -> dict:
 
 def _is_number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _to_device(batch: dict, device: torch.device) -> dict:
-    out = dict(batch)
-    out["images"] = batch["images"].to(device, non_blocking=True)
-    out["labels"] = batch["labels"].to(device, non_blocking=True)
-    if isinstance(batch.get("masks"), torch.Tensor):
-        out["masks"] = batch["masks"].to(device, non_blocking=True)
-    return out
 
 
 def _tensorboard(path: Path):

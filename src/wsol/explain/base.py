@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from typing import Any, Callable, ClassVar, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsol.cams import minmax_normalize, to_cam
+from wsol.cams import minmax_normalize, model_logits, to_cam
 from wsol.errors import ConfigError
 
 LayerSpec = nn.Module | str
@@ -65,31 +66,6 @@ def resolve_layer(model: nn.Module, layer: LayerSpec) -> tuple[str, nn.Module]:
     )
 
 
-def model_logits(out: Any) -> torch.Tensor:
-    """Logits of a model output: a tensor B×C or an object with ``.logits``."""
-    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        got = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(out).__name__
-        raise ConfigError(f"extractor: model(images) must return B×C logits or an object with .logits, got {got}")
-    return logits
-
-
-def select_targets(logits: torch.Tensor, targets: torch.Tensor | Sequence[int] | int | None) -> torch.Tensor:
-    """Per-sample class ids: ``targets`` (tensor, list or one int for the whole batch) or
-    the predicted class."""
-    b, c = logits.shape
-    if targets is None:
-        return logits.detach().argmax(dim=1)
-    t = torch.as_tensor(targets, device=logits.device).long().flatten()
-    if t.numel() == 1 and b != 1:
-        t = t.expand(b)
-    if t.numel() != b:
-        raise ConfigError(f"extractor: {t.numel()} targets for a batch of {b} images; give one class id per image")
-    if t.numel() and (t.min() < 0 or t.max() >= c):
-        raise ConfigError(f"extractor: target class ids must lie in [0, {c - 1}], got [{int(t.min())}, {int(t.max())}]")
-    return t
-
-
 def target_scores(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """s_c per sample: ``logits[b, targets[b]]``."""
     return logits.gather(1, targets[:, None])[:, 0]
@@ -120,7 +96,9 @@ class Extractor(ABC):
         reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
         channels_last: bool = True,
     ):
-        layers = list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]
+        layers: list[LayerSpec] = (
+            list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]  # type: ignore[list-item]
+        )
         if not layers:
             raise ConfigError(f"{type(self).__name__}: no target layer given")
         if len(layers) > 1 and not self.multi_layer:
@@ -161,8 +139,9 @@ class Extractor(ABC):
                 # record the graph from here on only. The model continues on a clone so
                 # that an in-place op after the layer cannot touch the leaf.
                 torch.set_grad_enabled(True)  # undone when the caller's grad-mode context exits
-                self._acts[idx] = t.detach().requires_grad_(True)
-                new = self._acts[idx].clone()
+                leaf = t.detach().requires_grad_(True)
+                self._acts[idx] = leaf
+                new = leaf.clone()
             else:
                 self._acts[idx] = t
             if new is t:
@@ -183,15 +162,14 @@ class Extractor(ABC):
         self._override = None
         self._leaf_grad = False
 
-    def __enter__(self) -> "Extractor":
+    def __enter__(self) -> Extractor:
         self._attach()
         self._entered = True
         return self
 
-    def __exit__(self, *exc: Any) -> bool:
+    def __exit__(self, *exc: Any) -> None:  # exceptions propagate
         self._entered = False
         self._detach()
-        return False
 
     def remove_hooks(self) -> None:
         """Remove the hooks now (also done on ``with`` exit and after a plain call)."""
@@ -281,7 +259,7 @@ class Extractor(ABC):
             maps = maps.detach()
         if raw:
             return maps
-        return to_cam(maps, tuple(images.shape[-2:]))
+        return to_cam(maps, (int(images.shape[-2]), int(images.shape[-1])))
 
     @abstractmethod
     def _maps(self, images: torch.Tensor, targets: Any, differentiable: bool) -> torch.Tensor:

@@ -8,14 +8,16 @@ inside ``torch.enable_grad()`` so that the extractors also work under ``torch.no
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from wsol.cams import select_targets
 from wsol.errors import ConfigError
-from wsol.explain.base import Extractor, LayerSpec, fuse_layer_maps, select_targets, target_scores
+from wsol.explain.base import Extractor, LayerSpec, fuse_layer_maps, target_scores
 
 
 def _weighted_sum(weights: torch.Tensor, acts: torch.Tensor) -> torch.Tensor:
@@ -56,7 +58,7 @@ class GradientExtractor(Extractor):
             )
         if not differentiable:
             acts = [a.detach() for a in acts]
-            grads = [g.detach() for g in grads]
+            grads = tuple(g.detach() for g in grads)
         return [self.to_maps(a) for a in acts], [self.to_maps(g) for g in grads], t
 
 
@@ -114,14 +116,16 @@ class SmoothGradCAMPlusPlus(GradientExtractor):
         gen = None
         if self.seed is not None:
             gen = torch.Generator(device=images.device).manual_seed(self.seed)
-        g1 = g2 = g3 = None
+        sums: list[torch.Tensor] = []  # Σ G, Σ G², Σ G³ over the noisy copies
         for _ in range(self.n_samples):
             noise = torch.randn(images.shape, generator=gen, device=images.device, dtype=images.dtype)
             _, (g,), _ = self._acts_and_grads(images + self.sigma * noise, t, differentiable)
             gg = g * g
-            g1, g2, g3 = (g, gg, gg * g) if g1 is None else (g1 + g, g2 + gg, g3 + gg * g)
+            powers = [g, gg, gg * g]
+            sums = powers if not sums else [s + p for s, p in zip(sums, powers)]
         n = self.n_samples
-        return _weighted_sum(gradcampp_weights(acts, g1 / n, g2 / n, g3 / n), acts)  # type: ignore[operator]
+        g1, g2, g3 = (s / n for s in sums)
+        return _weighted_sum(gradcampp_weights(acts, g1, g2, g3), acts)
 
 
 class XGradCAM(GradientExtractor):

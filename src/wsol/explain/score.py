@@ -25,9 +25,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from wsol.cams import minmax_normalize
+from wsol.cams import minmax_normalize, select_targets
 from wsol.errors import ConfigError
-from wsol.explain.base import Extractor, LayerSpec, select_targets, target_scores
+from wsol.explain.base import Extractor, LayerSpec, target_scores
 
 
 class ScoreExtractor(Extractor):
@@ -75,7 +75,8 @@ class ScoreExtractor(Extractor):
             keep = torch.zeros_like(informative)
             keep.scatter_(1, var.topk(self.top_k, dim=1).indices, True)
             informative = informative & keep
-        return informative.nonzero(as_tuple=True)
+        bi, ki = informative.nonzero(as_tuple=True)
+        return bi, ki
 
     def _probs(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Softmax probability of class t[i] for input x[i]."""

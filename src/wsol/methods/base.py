@@ -9,21 +9,26 @@ A method is an ``nn.Module`` registered by name and built from its config:
 - ``param_groups(lr, head_lr_mult)``: backbone at ``lr``, new layers at ``lr·head_lr_mult``.
 
 Each method declares its hyper-parameters as a pydantic model ``Params`` (unknown keys and
-wrong types are rejected with the field named).
+wrong types are rejected with the field named, when the config loads). Methods are
+registered by name in :data:`wsol.methods.METHODS` (a lazy ``name -> "module:attr"`` table
+plus the ``@register`` decorator on the class).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn as nn
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from wsol.cams import model_logits, select_targets
 from wsol.config import BackboneConfig, MethodConfig, format_validation_error
+from wsol.data.sample import Batch
 from wsol.errors import ConfigError
+from wsol.methods import METHODS
 
 
 class MethodParams(BaseModel):
@@ -51,29 +56,43 @@ class TrainState:
     num_epochs: int = 1
 
 
-class Method(nn.Module, ABC):
+P = TypeVar("P", bound=MethodParams)
+
+
+class Method(nn.Module, ABC, Generic[P]):
     """Base class of all WSOL methods. Subclasses set ``name`` and ``Params``."""
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[MethodParams]] = MethodParams
     #: module names (prefixes) of the pretrained part; everything else gets head_lr_mult
     backbone_prefixes: ClassVar[tuple[str, ...]] = ("backbone.",)
+    #: extra selection criteria this method defines (names in wsol.engine.selection)
+    selection_criteria: ClassVar[tuple[str, ...]] = ()
+    #: params the contract test (tests/test_contract.py) builds the method with (small
+    #: widths to keep it fast); defaults are used for everything else
+    contract_params: ClassVar[dict[str, Any]] = {}
 
-    def __init__(self, params: MethodParams, backbone: BackboneConfig, num_classes: int):
+    def __init__(self, params: P, backbone: BackboneConfig, num_classes: int):
         super().__init__()
         self.params = params
         self.backbone_cfg = backbone
         self.num_classes = num_classes
+
+    @property
+    def binary_threshold(self) -> float | None:
+        """The threshold of the method's own binary mask (MAXMIN: σ), used for F1±; None: 0.5.
+        Methods with such a mask override this property."""
+        return None
 
     # --- the contract -------------------------------------------------------------
     @abstractmethod
     def forward(self, images: torch.Tensor) -> Output:
         """Logits (and the method's own maps) for a batch of images."""
 
-    def training_step(self, batch: dict[str, Any], state: TrainState) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
         """Default: cross-entropy on the image labels."""
-        out = self(batch["images"])
-        ce = nn.functional.cross_entropy(out.logits, batch["labels"])
+        out = self(batch.images)
+        ce = nn.functional.cross_entropy(out.logits, batch.labels)
         return {"ce": ce, "total": ce}
 
     @abstractmethod
@@ -84,7 +103,8 @@ class Method(nn.Module, ABC):
         """Hook for schedules that move with epochs (log-barrier t, erasing depth...)."""
 
     def param_groups(self, lr: float, head_lr_mult: float) -> list[dict]:
-        back, head = [], []
+        back: list[nn.Parameter] = []
+        head: list[nn.Parameter] = []
         for n, p in self.named_parameters():
             if not p.requires_grad:
                 continue
@@ -96,44 +116,41 @@ class Method(nn.Module, ABC):
             groups.append({"params": head, "lr": lr * head_lr_mult, "name": "head"})
         return groups
 
-    @staticmethod
-    def select_targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
-        """``targets`` if given (per-sample class ids), else the predicted class."""
-        if targets is None:
-            return logits.argmax(dim=1)
-        return targets.to(logits.device).long()
+    select_targets = staticmethod(select_targets)
+    logits_of = staticmethod(model_logits)
 
 
-METHODS: dict[str, type[Method]] = {}
+M = TypeVar("M", bound=type[Method])
 
 
-def register(cls: type[Method]) -> type[Method]:
-    """Class decorator: register a method under ``cls.name``."""
+def register(cls: M) -> M:
+    """Class decorator: register a method under ``cls.name`` (and add one line to the
+    table in ``wsol/methods/__init__.py`` so it loads lazily)."""
     if not cls.name:
         raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in METHODS and METHODS[cls.name] is not cls:
-        raise ValueError(f"method name {cls.name!r} registered twice")
-    METHODS[cls.name] = cls
+    METHODS.add(cls.name, cls)
     return cls
 
 
 def available_methods() -> list[str]:
-    import wsol.methods  # noqa: F401  (imports every method module, which registers it)
-
-    return sorted(METHODS)
+    return METHODS.names()
 
 
 def get_method_class(name: str) -> type[Method]:
-    names = available_methods()
-    if name not in METHODS:
-        raise ConfigError(f"model.method.name: unknown method {name!r}; valid: {', '.join(names)}")
-    return METHODS[name]
+    return METHODS.get(name)
+
+
+def validate_params(name: str, params: dict[str, Any] | MethodParams) -> MethodParams:
+    """The typed ``Params`` of method ``name`` from a config dict (one error format)."""
+    cls = get_method_class(name)
+    if isinstance(params, cls.Params):
+        return params
+    try:
+        return cls.Params.model_validate(params if isinstance(params, dict) else params.model_dump())
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, f"model.method.params ({name})")) from None
 
 
 def build_method(method: MethodConfig, backbone: BackboneConfig, num_classes: int) -> Method:
     cls = get_method_class(method.name)
-    try:
-        params = cls.Params.model_validate(method.params)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, f"model.method.params ({method.name})")) from None
-    return cls(params, backbone, num_classes)
+    return cls(validate_params(method.name, method.params), backbone, num_classes)

@@ -24,13 +24,14 @@ graded version of the union of the regions ``R_i``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from wsol.cams import to_cam
+from wsol.data.sample import Batch
 from wsol.methods.base import TrainState, register
 from wsol.methods.maxmin import GlasWildcatParams, build_wildcat
 from wsol.methods.pooled import PooledMethod
@@ -56,6 +57,7 @@ def erase(images: torch.Tensor, regions: torch.Tensor, fill: Literal["mean", "ze
 class Erase(PooledMethod):
     name = "erase"
     Params = EraseParams
+    erase_depth: torch.Tensor  # buffer registered in __init__ (declared for the type checker)
 
     def __init__(self, params: EraseParams, backbone, num_classes: int):
         super().__init__(params, backbone, num_classes)
@@ -71,11 +73,11 @@ class Erase(PooledMethod):
     def on_epoch_start(self, epoch: int) -> None:
         self.erase_depth.fill_(min(self.params.max_depth, epoch // self.params.depth_every))
 
-    def class_cam(self, maps: torch.Tensor, targets: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def class_cam(self, maps: torch.Tensor, targets: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
         return to_cam(maps[torch.arange(len(targets), device=maps.device), targets], size)
 
-    def training_step(self, batch: dict[str, Any], state: TrainState) -> dict[str, torch.Tensor]:
-        images, labels = batch["images"], batch["labels"]
+    def training_step(self, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
+        images, labels = batch.images, batch.labels
         size = tuple(images.shape[-2:])
         out = self(images)
         ce = F.cross_entropy(out.logits, labels)

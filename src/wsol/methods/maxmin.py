@@ -43,7 +43,7 @@ dropout 0.1, λ = 1e-7, σ = 0.15, ω = 5, t0 = 5, ×1.01/epoch, t_max = 10.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal, cast
 
 import torch
 import torch.nn as nn
@@ -52,6 +52,7 @@ from pydantic import Field, model_validator
 
 from wsol.cams import minmax_normalize, to_cam
 from wsol.config import BackboneConfig
+from wsol.data.sample import Batch
 from wsol.errors import ConfigError
 from wsol.losses import BarrierSchedule, absolute_size_constraint, region_size, uncertainty_regularizer
 from wsol.methods.base import Method, Output, TrainState, register
@@ -97,7 +98,7 @@ class MaxMinParams(GlasWildcatParams):
         return self
 
 
-def foreground_map(maps: torch.Tensor, loc_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def foreground_map(maps: torch.Tensor, loc_logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     """Graded ``M+`` (B×H×W in [0, 1]): ``Σ_k softmax(loc_logits)_k · maps_k`` (§3.3), upsampled
     bilinearly to ``size`` and min-max normalised per image (each image on its own range)."""
     post = F.softmax(loc_logits, dim=1)
@@ -137,7 +138,7 @@ def maxmin_terms(
         # Eq. 7 size terms via ψ_t on −s+ ≤ 0 and −s− ≤ 0, s± of Eqs. 10-11
         terms["size_fg"], terms["size_bg"] = absolute_size_constraint(mask, t, normalize=normalize_size)
     terms["loc_ce"] = aux_weight * F.cross_entropy(loc_logits, labels)  # Fig. 2, auxiliary
-    terms["total"] = sum(terms.values())
+    terms["total"] = cast(torch.Tensor, sum(terms.values()))
     terms["fg_size"] = region_size(mask.detach(), normalize=True).mean()
     return terms
 
@@ -188,8 +189,8 @@ class MaxMin(Method):
     def on_epoch_start(self, epoch: int) -> None:
         self.t = self.schedule.t_at(epoch)
 
-    def training_step(self, batch: dict[str, Any], state: TrainState) -> dict[str, torch.Tensor]:
-        images, labels = batch["images"], batch["labels"]
+    def training_step(self, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
+        images, labels = batch.images, batch.labels
         p = self.params
         m = self.masks(images)  # Alg. 1 lines 1-2
         mask = m["mask"]

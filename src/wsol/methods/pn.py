@@ -23,12 +23,11 @@ Terms: ``ce``, ``size`` (λ·penalty, mean over images of the sum over classes),
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from wsol.data.sample import Batch
 from wsol.errors import ConfigError
 from wsol.losses import region_size, size_bounds_penalty
 from wsol.methods.base import TrainState, register
@@ -77,10 +76,10 @@ class PN(PooledMethod):
     def build_head(self, in_channels: int, num_classes: int) -> WildcatHead:
         return build_wildcat(self.params, in_channels, num_classes)
 
-    def training_step(self, batch: dict[str, Any], state: TrainState) -> dict[str, torch.Tensor]:
+    def training_step(self, batch: Batch, state: TrainState) -> dict[str, torch.Tensor]:
         p = self.params
-        out = self(batch["images"])
-        labels = batch["labels"]
+        out = self(batch.images)
+        labels = batch.labels
         ce = F.cross_entropy(out.logits, labels)
         sizes = region_size(torch.sigmoid(out.maps), normalize=False)  # B×C, in map cells
         n_cells = out.maps.shape[-2] * out.maps.shape[-1]

@@ -269,17 +269,17 @@ class BoxAccumulator:
         }
         per_delta = []
         for d, row in zip(IOU_DELTAS, acc2):
-            l = int(row.argmax())
-            per_delta.append(float(row[l]))
-            out[f"max_box_acc_v2_iou{int(round(d * 100))}"] = float(row[l])
-            out[f"max_box_acc_v2_iou{int(round(d * 100))}_tau"] = float(BOX_TAUS[l])
+            best = int(row.argmax())
+            per_delta.append(float(row[best]))
+            out[f"max_box_acc_v2_iou{int(round(d * 100))}"] = float(row[best])
+            out[f"max_box_acc_v2_iou{int(round(d * 100))}_tau"] = float(BOX_TAUS[best])
         out["max_box_acc_v2"] = float(np.mean(per_delta))
         for name, cnt, n_k in (("top1_loc", self.top1, n_top1), ("top5_loc", self.top5, n_top5)):
             if n_k == n:
                 acc = 100.0 * cnt.double() / n
-                l = int(acc.argmax())
-                out[name] = float(acc[l])
-                out[f"{name}_tau"] = float(BOX_TAUS[l])
+                best = int(acc.argmax())
+                out[name] = float(acc[best])
+                out[f"{name}_tau"] = float(BOX_TAUS[best])
         out["weight_map_box_acc"] = 100.0 * wm_ok / n
         out["weight_map_score_s"] = float(self.wm_score) / n
         out["n_box_images"] = n

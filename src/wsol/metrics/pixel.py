@@ -136,7 +136,8 @@ class PixelAccumulator:
         self._valid: list[int] = []
 
     # --- streaming ----------------------------------------------------------------
-    def update(self, cams: torch.Tensor, masks: torch.Tensor | Sequence[torch.Tensor | None]) -> None:
+    def update(self, cams: torch.Tensor | Sequence[torch.Tensor],
+               masks: torch.Tensor | Sequence[torch.Tensor | None]) -> None:
         """Add a batch: ``cams`` B×H×W in [0, 1] (CAM contract); ``masks`` B×H×W integer
         (0/1/ignore) or a length-B list whose entries are H_i×W_i masks or ``None`` (that
         image has no pixel label and is skipped; ``cams`` may then also be a list)."""

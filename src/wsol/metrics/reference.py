@@ -46,8 +46,8 @@ def reference_pixel_metrics(cams: Any, masks: Any, ignore_index: int = 255) -> d
     n_fg, n_bg = fg_ge[0], bg_ge[0]
     pxap = 0.0
     prev_recall = 0.0
-    for l in range(N, -1, -1):  # walking τ from 1.0 down to 0
-        tp, fp = fg_ge[l], bg_ge[l]
+    for level in range(N, -1, -1):  # walking τ from 1.0 down to 0
+        tp, fp = fg_ge[level], bg_ge[level]
         recall = tp / n_fg
         if tp + fp > 0:
             pxap += tp / (tp + fp) * (recall - prev_recall)

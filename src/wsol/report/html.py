@@ -9,16 +9,15 @@ from __future__ import annotations
 import base64
 import csv
 import html
-import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
 
-from wsol.engine.checkpoint import load_run_config
 from wsol.errors import CheckpointError
 from wsol.fileio import atomic_write_text
 from wsol.report import figures
+from wsol.runs import eval_dir, load_run_config, read_json, read_run_info, summary_path
 
 ROWS = [
     ("top1_acc", "Classification accuracy (%)"), ("pxap", "PxAP"), ("tp_star", "TP*"), ("fn_star", "FN*"),
@@ -61,49 +60,59 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
-def _load_eval(run_dir: Path, checkpoint: str, split: str) -> dict | None:
-    d = run_dir / "eval" / checkpoint / split
+def _load_eval(run_dir: Path, column: str, split: str) -> dict | None:
+    d = eval_dir(run_dir, column, split)
     if not (d / "metrics.json").is_file():
         return None
-    out = {"metrics": json.loads((d / "metrics.json").read_text())}
-    out["curves"] = json.loads((d / "curves.json").read_text()) if (d / "curves.json").is_file() else {}
+    out = {"metrics": read_json(d / "metrics.json")}
+    out["curves"] = read_json(d / "curves.json") if (d / "curves.json").is_file() else {}
     g = d / "gallery.npz"
     out["gallery"] = load_gallery(g) if g.is_file() else []
     return out
 
 
 def load_gallery(path: Path) -> list[dict]:
-    with np.load(path, allow_pickle=False) as z:
-        n = int(z["n"])
-        items = []
-        for i in range(n):
-            it = {"image": z[f"image_{i}"], "cam": z[f"cam_{i}"], "label": int(z[f"label_{i}"]),
-                  "image_id": str(z[f"id_{i}"])}
-            it["mask"] = z[f"mask_{i}"] if f"mask_{i}" in z else None
-            items.append(it)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            n = int(z["n"])
+            items = []
+            for i in range(n):
+                it = {"image": z[f"image_{i}"], "cam": z[f"cam_{i}"], "label": int(z[f"label_{i}"]),
+                      "image_id": str(z[f"id_{i}"])}
+                it["mask"] = z[f"mask_{i}"] if f"mask_{i}" in z else None
+                it["boxes"] = z[f"boxes_{i}"] if f"boxes_{i}" in z else None
+                items.append(it)
+    except (OSError, ValueError, KeyError) as e:
+        raise CheckpointError(f"{path}: damaged gallery ({e}); re-run `wsol evaluate` to rewrite it") from None
     return items
 
 
-def write_report(run_dir: Path | str, split: str = "test", checkpoints: tuple[str, ...] = ("best_loc", "best_cls")) -> Path:
-    """Write ``RUN/report.html`` from the run folder's config, history and evaluations."""
+def evaluated_columns(run_dir: Path, split: str) -> list[str]:
+    """The columns evaluated on ``split``, in the summary's order (checkpoints first)."""
+    path = summary_path(run_dir, split)
+    cols = [k for k in read_json(path) if k != "split"] if path.is_file() else []
+    found = sorted(p.parent.name for p in (run_dir / "eval").glob(f"*/{split}/metrics.json"))
+    return cols + [c for c in found if c not in cols]
+
+
+def write_report(run_dir: Path | str, split: str = "test", columns: tuple[str, ...] | None = None) -> Path:
+    """Write ``RUN/report.html`` from the run folder's config, history and evaluations
+    (every evaluated column of ``split`` unless ``columns`` is given). Needs only the run
+    folder: class names come from ``run.json``."""
     run_dir = Path(run_dir)
     cfg = load_run_config(run_dir)
-    evals = {c: e for c in checkpoints if (e := _load_eval(run_dir, c, split)) is not None}
+    cols = columns if columns is not None else evaluated_columns(run_dir, split)
+    evals = {c: e for c in cols if (e := _load_eval(run_dir, c, split)) is not None}
     if not evals:
         raise CheckpointError(f"{run_dir}: no evaluation on {split!r} found; run `wsol evaluate {run_dir}` first")
-    class_names = None
-    try:
-        from wsol.data.registry import get_dataset
-
-        class_names = get_dataset(cfg.data.name).class_names(Path(cfg.data.root), dict(cfg.data.options))
-    except Exception:  # the report must not fail because the data moved
-        class_names = None
+    info = read_run_info(run_dir)
+    class_names = info.class_names if info is not None else None
 
     title = f"wsol — {cfg.model.method.name} / {cfg.model.backbone.name} on {cfg.data.name}"
     parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
              f"<p class='muted'>run folder <code>{html.escape(str(run_dir))}</code> · generated "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}</p>"]
+             f"{datetime.now(UTC):%Y-%m-%d %H:%M UTC}</p>"]
 
     parts.append(f"<h2>Metrics — {html.escape(split)} split</h2><table id='metrics'><thead><tr><th>metric</th>")
     parts += [f"<th>{html.escape(c)}</th>" for c in evals]

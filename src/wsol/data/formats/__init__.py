@@ -1,12 +1,3 @@
-"""On-disk format readers; importing this package registers every dataset (one line per reader)."""
-
-from wsol.data.formats import wsoleval  # noqa: F401
-from wsol.data import synthetic  # noqa: F401
-from wsol.data.formats import glas  # noqa: F401
-from wsol.data.formats import cub  # noqa: F401
-from wsol.data.formats import flowers  # noqa: F401
-from wsol.data.formats import cars  # noqa: F401
-from wsol.data.formats import tinyimagenet  # noqa: F401
-from wsol.data.formats import folder  # noqa: F401
-from wsol.data.formats import camelyon16  # noqa: F401
-from wsol.data import ihc  # noqa: F401
+"""On-disk format readers, one module per format, each defining a ``DatasetSpec`` (with its
+``Options`` model). They are registered lazily by the table in :mod:`wsol.data.registry`:
+importing this package imports no reader."""

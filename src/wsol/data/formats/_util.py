@@ -1,6 +1,6 @@
 """Shared helpers of the on-disk format readers (glas, cub, flowers, cars, tinyimagenet,
-folder): option parsing, path checks, text tables, several problems in one error, and
-seeded splits written to split files.
+folder): the options of seeded splits, path checks, text tables, and seeded splits written
+to split files.
 
 Split files: ``<split_dir>/<protocol>_seed<k>/<split>.txt``, one image id per line, written
 atomically on first use and read back afterwards, so a split is stable and inspectable.
@@ -12,71 +12,49 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field
 
+from wsol.data.options import ReaderOptions
+from wsol.data.problems import Collector, LocatedError
+from wsol.data.records import MaskDecoder
 from wsol.data.registry import SPLITS
-from wsol.errors import ConfigError, DataError
 from wsol.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 
-class DataProblems(DataError):
-    """Several problems found in one pass over a metadata file; ``problems`` lists each
-    ("file:line: what was wrong; expected ...; fix ...")."""
+class SplitOptions(ReaderOptions):
+    """Options of a reader whose splits are drawn from a seed and stored in split files."""
 
-    def __init__(self, problems: list[str]):
-        self.problems = list(problems)
-        head = f"{len(self.problems)} problem(s) in the dataset metadata:\n  " if len(self.problems) > 1 else ""
-        super().__init__(head + "\n  ".join(self.problems))
-
-
-class Collector:
-    """Gathers line-level problems; :meth:`raise_if_any` raises them all at once."""
-
-    def __init__(self) -> None:
-        self.problems: list[str] = []
-
-    def add(self, msg: str) -> None:
-        self.problems.append(msg)
-
-    def raise_if_any(self) -> None:
-        if self.problems:
-            raise DataProblems(self.problems)
+    seed: int = Field(0, description="seed of the split (split files are stored per seed)")
+    valpx_per_class: int = Field(5, ge=0, description="pixel/box-labelled images per class in valpx, taken from "
+                                                      "valcl")
+    split_dir: str | None = Field(None, description="folder of the split files (default <root>/splits; set it "
+                                                    "when the dataset folder is read-only)")
 
 
-def parse_options(options: dict | None, defaults: dict[str, Any], dataset: str) -> dict[str, Any]:
-    """Defaults overridden by ``options``; an unknown key is a ConfigError."""
-    options = dict(options or {})
-    unknown = sorted(set(options) - set(defaults))
-    if unknown:
-        raise ConfigError(
-            f"data.options: unknown key(s) {', '.join(map(repr, unknown))} for dataset {dataset!r}; "
-            f"valid keys: {', '.join(sorted(defaults))}"
-        )
-    out = {**defaults, **options}
-    if "seed" in out and not isinstance(out["seed"], int):
-        raise ConfigError(f"data.options.seed: expected an integer, found {out['seed']!r}")
-    if "val_fraction" in out and not (0.0 <= float(out["val_fraction"]) < 1.0):
-        raise ConfigError(f"data.options.val_fraction: expected a number in [0, 1), found {out['val_fraction']!r}")
-    if "valpx_per_class" in out and (not isinstance(out["valpx_per_class"], int) or out["valpx_per_class"] < 0):
-        raise ConfigError(f"data.options.valpx_per_class: expected an integer >= 0, found {out['valpx_per_class']!r}")
-    return out
+class HoldoutOptions(SplitOptions):
+    """:class:`SplitOptions` of a set whose official train part is split into train / valcl."""
+
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of the official train part held out "
+                                                                 "as valcl (stratified by class)")
 
 
 def require_file(path: Path, what: str, fix: str) -> Path:
     if not path.is_file():
-        raise DataError(f"{path}: {what} not found; {fix}")
+        raise LocatedError(path, f"{what} not found; {fix}")
     return path
 
 
 def require_dir(path: Path, what: str, fix: str) -> Path:
     if not path.is_dir():
-        raise DataError(f"{path}: {what} not found; {fix}")
+        raise LocatedError(path, f"{what} not found; {fix}")
     return path
 
 
@@ -86,8 +64,8 @@ def safe_join(base: Path, rel: str, where: str) -> Path:
     rel = rel.strip().replace("\\", "/")
     p = PurePosixPath(rel)
     if not rel or p.is_absolute() or ".." in p.parts or (len(rel) > 1 and rel[1] == ":"):
-        raise DataError(
-            f"{where}: path {rel!r} escapes the dataset folder {base}; expected a relative path inside it "
+        raise LocatedError(
+            where, f"path {rel!r} escapes the dataset folder {base}; expected a relative path inside it "
             "(no leading '/', no '..'); fix the line"
         )
     return base.joinpath(*p.parts)
@@ -99,7 +77,7 @@ def text_rows(path: Path, sep: str | None = None, maxsplit: int = -1) -> Iterato
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a UTF-8 text file ({e}); re-download it") from None
+        raise LocatedError(path, f"not a UTF-8 text file ({e}); re-download it") from None
     for i, line in enumerate(text.splitlines(), start=1):
         s = line.strip()
         if not s or s.startswith("#"):
@@ -147,27 +125,27 @@ def pick_per_class(ids: list[str], labels: list[int], k: int, rng: np.random.Gen
     return sorted(picked)
 
 
-def gray_mask_loader(path: Path, source: str, threshold: float) -> Callable[[], np.ndarray]:
-    """A Record.mask_loader: the grey image at ``path`` (values 0..255), ROI where
+def gray_mask(path: Path, source: str, threshold: float) -> MaskDecoder:
+    """A record's mask from the grey image at ``path`` (values 0..255), ROI where
     value / 255 >= ``threshold``."""
 
     def load() -> np.ndarray:
         where = f" (listed at {source})" if source else ""
         if not path.is_file():
-            raise DataError(f"{path}: mask file not found{where}; restore it or remove the image from the split")
+            raise LocatedError(path, f"mask file not found{where}; restore it or remove the image from the split")
         try:
             with Image.open(path) as im:
                 arr = np.asarray(im.convert("L"))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"{path}: cannot decode mask ({e}){where}; re-download it") from None
+            raise LocatedError(path, f"cannot decode mask ({e}){where}; re-download it") from None
         return (arr.astype(np.float32) >= threshold * 255.0).astype(np.uint8)
 
-    return load
+    return MaskDecoder(load)
 
 
-def split_folder(root: Path, opts: dict, protocol: str) -> Path:
-    base = Path(opts["split_dir"]) if opts.get("split_dir") else root / "splits"
-    return base / f"{protocol}_seed{opts['seed']}"
+def split_folder(root: Path, opts: SplitOptions, protocol: str) -> Path:
+    base = Path(opts.split_dir) if opts.split_dir else root / "splits"
+    return base / f"{protocol}_seed{opts.seed}"
 
 
 def stored_splits(folder: Path, known: set[str], compute: Callable[[], dict[str, list[str]]],
@@ -182,8 +160,8 @@ def stored_splits(folder: Path, known: set[str], compute: Callable[[], dict[str,
             for s in SPLITS:
                 atomic_write_text(files[s], "".join(f"{i}\n" for i in splits[s]))
         except OSError as e:
-            raise DataError(
-                f"{folder}: cannot write the split files ({e}); set data.options.split_dir to a writable folder"
+            raise LocatedError(
+                folder, f"cannot write the split files ({e}); set data.options.split_dir to a writable folder"
             ) from None
         log.info("wrote split files to %s (%s)", folder,
                  ", ".join(f"{s}: {len(splits[s])}" for s in SPLITS))
@@ -204,9 +182,9 @@ def read_split_files(files: dict[str, Path], known: set[str], known_from: str, f
         for ln, fields in text_rows(f, sep="\t"):
             i = fields[0]
             if i not in known:
-                bad.add(f"{f}:{ln}: unknown image id {i!r} (not listed in {known_from}); {fix}")
+                bad.add(f"{f}:{ln}", f"unknown image id {i!r} (not listed in {known_from}); {fix}")
             elif i in seen:
-                bad.add(f"{f}:{ln}: image id {i!r} repeats line {seen[i]}; remove the duplicate line")
+                bad.add(f"{f}:{ln}", f"image id {i!r} repeats line {seen[i]}; remove the duplicate line")
             else:
                 seen[i] = ln
                 ids.append(i)
@@ -223,12 +201,12 @@ def load_mat(path: Path, keys: tuple[str, ...], fix: str) -> dict[str, Any]:
     try:
         data = loadmat(str(path), squeeze_me=True, struct_as_record=True)
     except Exception as e:  # scipy raises ValueError/TypeError/OSError/MatReadError on corrupt files
-        raise DataError(f"{path}: cannot read the MATLAB file ({type(e).__name__}: {e}); {fix}") from None
+        raise LocatedError(path, f"cannot read the MATLAB file ({type(e).__name__}: {e}); {fix}") from None
     missing = [k for k in keys if k not in data]
     if missing:
         found = sorted(k for k in data if not k.startswith("__"))
-        raise DataError(
-            f"{path}: variable(s) {', '.join(missing)} missing (found: {', '.join(found) or 'none'}); {fix}"
+        raise LocatedError(
+            path, f"variable(s) {', '.join(missing)} missing (found: {', '.join(found) or 'none'}); {fix}"
         )
     return data
 
@@ -239,7 +217,7 @@ def class_names_file(path: Path, n: int) -> list[str] | None:
         return None
     names = [f[0] for _, f in text_rows(path, sep="\n")]
     if len(names) != n:
-        raise DataError(f"{path}: {len(names)} class name(s), expected {n} (one per line); fix or remove the file")
+        raise LocatedError(path, f"{len(names)} class name(s), expected {n} (one per line); fix or remove the file")
     return names
 
 
@@ -248,11 +226,12 @@ def check_unique(records: list, bad: Collector) -> None:
     seen: dict[str, str] = {}
     for r in records:
         if r.image_id in seen:
-            bad.add(f"{r.source}: image {r.image_id} already listed at {seen[r.image_id]}; remove the duplicate")
+            bad.add(r.source, f"image {r.image_id} already listed at {seen[r.image_id]}; remove the duplicate")
         seen[r.image_id] = r.source
 
 
-def holdout_splits(root: Path, opts: dict, train_recs: list, test_recs: list, tag: str, known_from: str) -> dict:
+def holdout_splits(root: Path, opts: HoldoutOptions, train_recs: list, test_recs: list, tag: str,
+                   known_from: str) -> dict:
     """Splits of a dataset with an official train/test partition: ``valcl`` is a seeded
     stratified hold-out (``val_fraction``) of the official train part, ``valpx``
     ``valpx_per_class`` images per class of ``valcl``, ``test`` the official test part;
@@ -260,12 +239,12 @@ def holdout_splits(root: Path, opts: dict, train_recs: list, test_recs: list, ta
     by_id = {r.image_id: r for r in train_recs + test_recs}
 
     def compute() -> dict[str, list[str]]:
-        rng = np.random.default_rng(opts["seed"])
+        rng = np.random.default_rng(opts.seed)
         train, valcl = stratified_holdout([r.image_id for r in train_recs], [r.label for r in train_recs],
-                                          float(opts["val_fraction"]), rng)
-        valpx = pick_per_class(valcl, [by_id[i].label for i in valcl], opts["valpx_per_class"], rng)
+                                          float(opts.val_fraction), rng)
+        valpx = pick_per_class(valcl, [by_id[i].label for i in valcl], opts.valpx_per_class, rng)
         return {"train": train, "valcl": valcl, "valpx": valpx, "test": sorted(r.image_id for r in test_recs)}
 
-    tag = f"{tag}-val{float(opts['val_fraction']):g}-px{opts['valpx_per_class']}"
+    tag = f"{tag}-val{float(opts.val_fraction):g}-px{opts.valpx_per_class}"
     splits = stored_splits(split_folder(root, opts, tag), set(by_id), compute, known_from)
     return {k: [by_id[i] for i in ids] for k, ids in splits.items()}

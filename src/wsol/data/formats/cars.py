@@ -21,21 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from wsol.data.formats._util import (
-    Collector,
-    check_unique,
-    holdout_splits,
-    load_mat,
-    parse_options,
-    require_dir,
-    safe_join,
-)
+from wsol.data.formats._util import HoldoutOptions, check_unique, holdout_splits, load_mat, require_dir, safe_join
+from wsol.data.problems import Collector, LocatedError
 from wsol.data.records import Record
-from wsol.data.registry import DatasetSpec, register_dataset
-from wsol.errors import DataError
+from wsol.data.registry import DatasetSpec
 
 FIELDS = ("bbox_x1", "bbox_y1", "bbox_x2", "bbox_y2", "class", "fname")
-DEFAULTS = {"seed": 0, "val_fraction": 0.2, "valpx_per_class": 5, "split_dir": None}
+Options = HoldoutOptions
 FIX = "restore it from the Stanford Cars devkit (car_devkit.tgz, cars_test_annos_withlabels.mat)"
 
 
@@ -43,7 +35,7 @@ def _find(root: Path, name: str) -> Path:
     for cand in (root / name, root / "devkit" / name, root / "car_devkit" / "devkit" / name):
         if cand.is_file():
             return cand
-    raise DataError(f"{root / 'devkit' / name}: Stanford Cars file not found (also looked in {root}); {FIX}")
+    raise LocatedError(root / 'devkit' / name, f"Stanford Cars file not found (also looked in {root}); {FIX}")
 
 
 def read_class_names(root: Path) -> list[str]:
@@ -57,8 +49,8 @@ def read_annotations(root: Path, mat_name: str, folder: str, n_classes: int, bad
     ann = np.atleast_1d(load_mat(path, ("annotations",), FIX)["annotations"])
     missing = [f for f in FIELDS if ann.dtype.names is None or f not in ann.dtype.names]
     if missing:
-        raise DataError(f"{path}: annotations lack field(s) {', '.join(missing)}; expected {', '.join(FIELDS)} "
-                        f"(the test file must be cars_test_annos_withlabels.mat); {FIX}")
+        raise LocatedError(path, f"annotations lack field(s) {', '.join(missing)}; expected {', '.join(FIELDS)} "
+                                 f"(the test file must be cars_test_annos_withlabels.mat); {FIX}")
     images = require_dir(root / folder, "Stanford Cars image folder", FIX)
     out: list[Record] = []
     for j, a in enumerate(ann, start=1):
@@ -67,17 +59,17 @@ def read_annotations(root: Path, mat_name: str, folder: str, n_classes: int, bad
             box = [float(a[f]) for f in FIELDS[:4]]
             cls = int(a["class"])
         except (TypeError, ValueError):
-            bad.add(f"{where}: bbox_x1..bbox_y2 and class must be numbers, found "
-                    f"{[a[f] for f in FIELDS[:5]]}; {FIX}")
+            bad.add(where, f"bbox_x1..bbox_y2 and class must be numbers, found "
+                           f"{[a[f] for f in FIELDS[:5]]}; {FIX}")
             continue
         if not 1 <= cls <= n_classes:
-            bad.add(f"{where}: class {cls}; expected 1..{n_classes} (cars_meta.mat lists {n_classes} classes)")
+            bad.add(where, f"class {cls}; expected 1..{n_classes} (cars_meta.mat lists {n_classes} classes)")
             continue
         fname = str(a["fname"]).strip()
         try:
             image_path = safe_join(images, fname, where)
-        except DataError as e:
-            bad.add(str(e))
+        except LocatedError as e:
+            bad.add_error(e)
             continue
         out.append(Record(image_id=f"{folder}/{fname}", image_path=image_path, label=cls - 1,
                           boxes=np.array([box], dtype=np.float64), source=where))
@@ -95,23 +87,21 @@ def read_cars(root: Path) -> tuple[list[Record], list[Record]]:
     return train, test
 
 
-def list_records(root: Path, split: str, options: dict) -> list[Record]:
-    opts = parse_options(options, DEFAULTS, "cars")
-    root = Path(root)
+def list_records(root: Path, split: str, opts: Options) -> list[Record]:
     train_recs, test_recs = read_cars(root)
     return holdout_splits(root, opts, train_recs, test_recs, "cars", "the devkit annotation files")[split]
 
 
-def class_names(root: Path, options: dict) -> list[str]:
-    parse_options(options, DEFAULTS, "cars")
-    return read_class_names(Path(root))
+def class_names(root: Path, opts: Options) -> list[str]:
+    return read_class_names(root)
 
 
-SPEC = register_dataset(DatasetSpec(
+SPEC = DatasetSpec(
     name="cars",
-    list_records=list_records,
-    class_names=class_names,
+    read_records=list_records,
+    read_classes=class_names,
     loc="box",
+    Options=Options,
     description="Stanford Cars (devkit layout): 196 classes, one box per image",
     paper="",
-))
+)

@@ -28,11 +28,11 @@ import hashlib
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from wsol.data.formats._util import (
-    Collector,
-    gray_mask_loader,
-    parse_options,
+    HoldoutOptions,
+    gray_mask,
     pick_per_class,
     require_dir,
     require_file,
@@ -42,14 +42,27 @@ from wsol.data.formats._util import (
     stratified_holdout,
     text_rows,
 )
+from wsol.data.problems import Collector, LocatedError
 from wsol.data.records import Record
-from wsol.data.registry import DatasetSpec, register_dataset
-from wsol.errors import ConfigError, DataError
+from wsol.data.registry import DatasetSpec
+from wsol.errors import ConfigError
 
 CUB5_CLASSES = (19, 99, 108, 171, 178)  # min-max-entropy appendix B.1
-DEFAULTS = {"seed": 0, "val_fraction": 0.2, "valpx_per_class": 5, "split_dir": None, "classes": None,
-            "segmentations": None}
 FIX = "restore it from the CUB_200_2011 archive and point data.root at the CUB_200_2011 folder"
+
+
+class Options(HoldoutOptions):
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of the official train part held out "
+                                                                 "as valcl (min-max-entropy §4: 80/20)")
+    classes: list[int] | None = Field(None, description="CUB class ids (1..200) to keep, labelled 0, 1, ... in "
+                                                        "this order (default: all)")
+    segmentations: str | None = Field(None, description="folder of the segmentation masks (default: "
+                                                        "segmentations/ in or next to root)")
+
+
+class Cub5Options(Options):
+    classes: list[int] | None = Field(list(CUB5_CLASSES), description="CUB class ids to keep (CUB5: 019, 099, "
+                                                                      "108, 171, 178, min-max-entropy appendix B.1)")
 
 
 def read_classes(root: Path) -> dict[int, str]:
@@ -59,26 +72,21 @@ def read_classes(root: Path) -> dict[int, str]:
     for ln, f in text_rows(path, maxsplit=1):
         where = f"{path}:{ln}"
         if len(f) != 2 or not f[0].isdigit():
-            bad.add(f"{where}: expected '<class id> <class name>', found {' '.join(f)!r}")
+            bad.add(where, f"expected '<class id> <class name>', found {' '.join(f)!r}")
         elif int(f[0]) in out:
-            bad.add(f"{where}: class id {f[0]} listed twice; remove the duplicate")
+            bad.add(where, f"class id {f[0]} listed twice; remove the duplicate")
         else:
             out[int(f[0])] = f[1]
     bad.raise_if_any()
     if not out:
-        raise DataError(f"{path}: no class listed; expected '<class id> <class name>' lines; {FIX}")
+        raise LocatedError(path, f"no class listed; expected '<class id> <class name>' lines; {FIX}")
     return out
 
 
-def _selected(root: Path, opts: dict, all_classes: dict[int, str]) -> list[int]:
-    if opts["classes"] is None:
+def _selected(root: Path, opts: Options, all_classes: dict[int, str]) -> list[int]:
+    if opts.classes is None:
         return sorted(all_classes)
-    try:
-        chosen = [int(c) for c in opts["classes"]]
-    except (TypeError, ValueError):
-        raise ConfigError(
-            f"data.options.classes: expected a list of CUB class ids, found {opts['classes']!r}"
-        ) from None
+    chosen = list(opts.classes)
     missing = [c for c in chosen if c not in all_classes]
     if missing or len(set(chosen)) != len(chosen) or not chosen:
         raise ConfigError(
@@ -94,17 +102,17 @@ def _id_table(path: Path, ncols: int, expected: str, bad: Collector) -> dict[str
     for ln, f in text_rows(path, maxsplit=1 if ncols == 2 else -1):
         where = f"{path}:{ln}"
         if len(f) != ncols:
-            bad.add(f"{where}: expected {expected}, found {len(f)} column(s): {' '.join(f)!r}")
+            bad.add(where, f"expected {expected}, found {len(f)} column(s): {' '.join(f)!r}")
         elif f[0] in out:
-            bad.add(f"{where}: image id {f[0]} already listed at {out[f[0]][1]}; remove the duplicate")
+            bad.add(where, f"image id {f[0]} already listed at {out[f[0]][1]}; remove the duplicate")
         else:
             out[f[0]] = (f[1:], where)
     return out
 
 
-def _segmentations_dir(root: Path, opts: dict) -> Path | None:
-    if opts["segmentations"]:
-        return require_dir(Path(opts["segmentations"]), "CUB segmentations folder",
+def _segmentations_dir(root: Path, opts: Options) -> Path | None:
+    if opts.segmentations:
+        return require_dir(Path(opts.segmentations), "CUB segmentations folder",
                            "fix data.options.segmentations or remove it")
     for cand in (root / "segmentations", root.parent / "segmentations"):
         if cand.is_dir():
@@ -112,7 +120,7 @@ def _segmentations_dir(root: Path, opts: dict) -> Path | None:
     return None
 
 
-def read_cub(root: Path, opts: dict) -> list[tuple[Record, bool]]:
+def read_cub(root: Path, opts: Options) -> list[tuple[Record, bool]]:
     """Every image of the selected classes as (record, is_official_train); all line-level
     problems of the four metadata files are reported at once."""
     root = Path(root)
@@ -131,41 +139,41 @@ def read_cub(root: Path, opts: dict) -> list[tuple[Record, bool]]:
     out: list[tuple[Record, bool]] = []
     for iid, ((rel,), where) in images.items():
         if iid not in labels:
-            bad.add(f"{where}: image id {iid} has no line in {files['image_class_labels.txt']}; add '{iid} <class id>'")
+            bad.add(where, f"image id {iid} has no line in {files['image_class_labels.txt']}; add '{iid} <class id>'")
             continue
         (cls_s,), lwhere = labels[iid]
         if not cls_s.isdigit() or int(cls_s) not in names:
-            bad.add(f"{lwhere}: class id {cls_s!r} is not listed in {root / 'classes.txt'} "
-                    f"(expected 1..{max(names)}); fix the line")
+            bad.add(lwhere, f"class id {cls_s!r} is not listed in {root / 'classes.txt'} "
+                            f"(expected 1..{max(names)}); fix the line")
             continue
         if int(cls_s) not in label_of:
             continue
         if iid not in is_train or is_train[iid][0][0] not in ("0", "1"):
-            w = is_train[iid][1] if iid in is_train else files["train_test_split.txt"]
-            bad.add(f"{w}: image id {iid} needs a line '{iid} <1 = train | 0 = test>' in train_test_split.txt")
+            split_where = is_train[iid][1] if iid in is_train else files["train_test_split.txt"]
+            bad.add(split_where, f"image id {iid} needs a line '{iid} <1 = train | 0 = test>' in train_test_split.txt")
             continue
         if iid not in boxes:
-            bad.add(f"{files['bounding_boxes.txt']}: image id {iid} (from {where}) has no box; "
-                    f"add '{iid} <x> <y> <width> <height>'")
+            bad.add(files['bounding_boxes.txt'], f"image id {iid} (from {where}) has no box; "
+                                                 f"add '{iid} <x> <y> <width> <height>'")
             continue
         vals, bwhere = boxes[iid]
         try:
             x, y, w, h = (float(v) for v in vals)
         except ValueError:
-            bad.add(f"{bwhere}: box values {vals} must be numbers '<x> <y> <width> <height>'")
+            bad.add(bwhere, f"box values {vals} must be numbers '<x> <y> <width> <height>'")
             continue
         if w < 0 or h < 0 or x < 0 or y < 0:
-            bad.add(f"{bwhere}: box {vals} has a negative value; expected x, y, width, height >= 0")
+            bad.add(bwhere, f"box {vals} has a negative value; expected x, y, width, height >= 0")
             continue
         try:
             path = safe_join(images_dir, rel, where)
-        except DataError as e:
-            bad.add(str(e))
+        except LocatedError as e:
+            bad.add_error(e)
             continue
         seg = None
         if seg_dir is not None:
-            seg = gray_mask_loader(safe_join(seg_dir, str(Path(rel).with_suffix(".png")), where), where, 0.5)
-        rec = Record(image_id=rel, image_path=path, label=label_of[int(cls_s)], mask_loader=seg,
+            seg = gray_mask(safe_join(seg_dir, str(Path(rel).with_suffix(".png")), where), where, 0.5)
+        rec = Record(image_id=rel, image_path=path, label=label_of[int(cls_s)], mask=seg,
                      boxes=np.array([[x, y, x + w, y + h]], dtype=np.float64),
                      source=f"{where}, box at {bwhere}", extra={"cub_id": iid})
         out.append((rec, is_train[iid][0][0] == "1"))
@@ -173,29 +181,25 @@ def read_cub(root: Path, opts: dict) -> list[tuple[Record, bool]]:
     return out
 
 
-def _tag(name: str, opts: dict) -> str:
-    tag = f"{name}-val{float(opts['val_fraction']):g}-px{opts['valpx_per_class']}"
-    if opts["classes"] is not None:
-        ids = "_".join(f"{int(c):03d}" for c in opts["classes"])
+def _tag(name: str, opts: Options) -> str:
+    tag = f"{name}-val{float(opts.val_fraction):g}-px{opts.valpx_per_class}"
+    if opts.classes is not None:
+        ids = "_".join(f"{int(c):03d}" for c in opts.classes)
         tag += "-c" + (ids if len(ids) <= 40 else hashlib.sha1(ids.encode()).hexdigest()[:10])
     return tag
 
 
-def _make_lister(name: str, preset: tuple[int, ...] | None):
-    defaults = dict(DEFAULTS, classes=list(preset) if preset else None)
-
-    def list_records(root: Path, split: str, options: dict) -> list[Record]:
-        opts = parse_options(options, defaults, name)
-        root = Path(root)
+def _lister(name: str):
+    def list_records(root: Path, split: str, opts: Options) -> list[Record]:
         items = read_cub(root, opts)
         by_id = {r.image_id: r for r, _ in items}
 
         def compute() -> dict[str, list[str]]:
-            rng = np.random.default_rng(opts["seed"])
+            rng = np.random.default_rng(opts.seed)
             tr = [r for r, t in items if t]
             train, valcl = stratified_holdout([r.image_id for r in tr], [r.label for r in tr],
-                                              float(opts["val_fraction"]), rng)
-            valpx = pick_per_class(valcl, [by_id[i].label for i in valcl], opts["valpx_per_class"], rng)
+                                              float(opts.val_fraction), rng)
+            valpx = pick_per_class(valcl, [by_id[i].label for i in valcl], opts.valpx_per_class, rng)
             return {"train": train, "valcl": valcl, "valpx": valpx,
                     "test": sorted(r.image_id for r, t in items if not t)}
 
@@ -203,23 +207,21 @@ def _make_lister(name: str, preset: tuple[int, ...] | None):
         splits = stored_splits(folder, set(by_id), compute, str(root / "images.txt"))
         return [by_id[i] for i in splits[split]]
 
-    def class_names(root: Path, options: dict) -> list[str]:
-        opts = parse_options(options, defaults, name)
-        names = read_classes(Path(root))
-        return [names[c] for c in _selected(Path(root), opts, names)]
-
-    return list_records, class_names
+    return list_records
 
 
-_list, _names = _make_lister("cub", None)
-SPEC = register_dataset(DatasetSpec(
-    name="cub", list_records=_list, class_names=_names, loc="box",
+def class_names(root: Path, opts: Options) -> list[str]:
+    names = read_classes(root)
+    return [names[c] for c in _selected(root, opts, names)]
+
+
+SPEC = DatasetSpec(
+    name="cub", read_records=_lister("cub"), read_classes=class_names, loc="box", Options=Options,
     description="CUB-200-2011 birds (official layout): boxes, and masks when segmentations/ is present",
     paper="min-max-entropy-recursive-erasing §4; f-cam; weight-map-wsol",
-))
-_list5, _names5 = _make_lister("cub5", CUB5_CLASSES)
-SPEC5 = register_dataset(DatasetSpec(
-    name="cub5", list_records=_list5, class_names=_names5, loc="box",
+)
+SPEC5 = DatasetSpec(
+    name="cub5", read_records=_lister("cub5"), read_classes=class_names, loc="box", Options=Cub5Options,
     description="CUB5: CUB-200-2011 classes 019, 099, 108, 171, 178; effective train/val 80/20",
     paper="min-max-entropy-recursive-erasing appendix B.1",
-))
+)

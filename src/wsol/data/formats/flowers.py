@@ -20,18 +20,17 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from wsol.data.formats._util import (
-    Collector,
+    SplitOptions,
     class_names_file,
     load_mat,
-    parse_options,
     pick_per_class,
     require_dir,
     split_folder,
     stored_splits,
 )
-from wsol.data.records import Record
-from wsol.data.registry import DatasetSpec, register_dataset
-from wsol.errors import DataError
+from wsol.data.problems import Collector, LocatedError
+from wsol.data.records import MaskDecoder, Record
+from wsol.data.registry import DatasetSpec
 
 NUM_CLASSES = 102
 # The trimap's background is painted (0, 0, 254); JPEG noise (and chroma bleeding at the
@@ -39,7 +38,6 @@ NUM_CLASSES = 102
 # is background when red, green <= 80 and blue >= 150 (a deep-blue flower petal darker than
 # that would be lost; such petals are rare in the set).
 MAX_RG, MIN_B = 80, 150
-DEFAULTS = {"seed": 0, "valpx_per_class": 5, "split_dir": None}
 FIX = "restore it from the Oxford-102 archive (102flowers.tgz, imagelabels.mat, setid.mat)"
 
 
@@ -49,28 +47,28 @@ def trimap_to_mask(rgb: np.ndarray) -> np.ndarray:
     return (~blue).astype(np.uint8)
 
 
-def _trimap_loader(path: Path, source: str):
+def _trimap_loader(path: Path, source: str) -> MaskDecoder:
     def load() -> np.ndarray:
         where = f" (listed at {source})" if source else ""
         if not path.is_file():
-            raise DataError(f"{path}: segmentation file not found{where}; restore segmim/ from 102segmentations.tgz")
+            raise LocatedError(path, f"segmentation file not found{where}; restore segmim/ from 102segmentations.tgz")
         try:
             with Image.open(path) as im:
                 rgb = np.asarray(im.convert("RGB"))
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"{path}: cannot decode segmentation ({e}){where}; re-download it") from None
+            raise LocatedError(path, f"cannot decode segmentation ({e}){where}; re-download it") from None
         return trimap_to_mask(rgb)
 
-    return load
+    return MaskDecoder(load)
 
 
 def _vector(data: dict, key: str, path: Path) -> np.ndarray:
     v = np.atleast_1d(np.asarray(data[key]))
     if v.ndim != 1 or not np.issubdtype(v.dtype, np.number):
-        raise DataError(f"{path}: variable {key} must be a numeric vector, found shape {v.shape} dtype {v.dtype}")
+        raise LocatedError(path, f"variable {key} must be a numeric vector, found shape {v.shape} dtype {v.dtype}")
     if not np.all(np.equal(np.mod(v, 1), 0)):
         i = int(np.argmax(np.mod(v, 1) != 0))
-        raise DataError(f"{path}: {key}[{i + 1}] = {v[i]} is not an integer; {FIX}")
+        raise LocatedError(path, f"{key}[{i + 1}] = {v[i]} is not an integer; {FIX}")
     return v.astype(np.int64)
 
 
@@ -84,7 +82,7 @@ def read_flowers(root: Path) -> tuple[dict[str, Record], dict[str, list[str]]]:
     seg_dir = root / "segmim" if (root / "segmim").is_dir() else None
     bad = Collector()
     for i in np.flatnonzero((labels < 1) | (labels > NUM_CLASSES)):
-        bad.add(f"{lab_path}: labels[{i + 1}] = {labels[i]} (image_{i + 1:05d}); expected a class in 1..{NUM_CLASSES}")
+        bad.add(lab_path, f"labels[{i + 1}] = {labels[i]} (image_{i + 1:05d}); expected a class in 1..{NUM_CLASSES}")
     records: dict[str, Record] = {}
     splits: dict[str, list[str]] = {}
     seen: dict[int, str] = {}
@@ -94,17 +92,17 @@ def read_flowers(root: Path) -> tuple[dict[str, Record], dict[str, list[str]]]:
         for j, n in enumerate(ids, start=1):
             where = f"{set_path}:{key}[{j}]"
             if not 1 <= n <= len(labels):
-                bad.add(f"{where}: image number {n} has no label (imagelabels.mat lists 1..{len(labels)}); {FIX}")
+                bad.add(where, f"image number {n} has no label (imagelabels.mat lists 1..{len(labels)}); {FIX}")
                 continue
             if n in seen:
-                bad.add(f"{where}: image number {n} is already in {seen[n]}; splits must not overlap")
+                bad.add(where, f"image number {n} is already in {seen[n]}; splits must not overlap")
                 continue
             seen[n] = where
             iid = f"image_{n:05d}"
             lab = int(labels[n - 1])
             records[iid] = Record(
                 image_id=iid, image_path=jpg / f"{iid}.jpg", label=lab - 1,
-                mask_loader=_trimap_loader(seg_dir / f"segmim_{n:05d}.jpg", where) if seg_dir else None,
+                mask=_trimap_loader(seg_dir / f"segmim_{n:05d}.jpg", where) if seg_dir else None,
                 source=where,
             )
             splits[split].append(iid)
@@ -112,32 +110,33 @@ def read_flowers(root: Path) -> tuple[dict[str, Record], dict[str, list[str]]]:
     return records, splits
 
 
-def list_records(root: Path, split: str, options: dict) -> list[Record]:
-    opts = parse_options(options, DEFAULTS, "flowers")
-    root = Path(root)
+Options = SplitOptions
+
+
+def list_records(root: Path, split: str, opts: Options) -> list[Record]:
     records, official = read_flowers(root)
 
     def compute() -> dict[str, list[str]]:
-        rng = np.random.default_rng(opts["seed"])
+        rng = np.random.default_rng(opts.seed)
         val = official["valcl"]
-        return {**official, "valpx": pick_per_class(val, [records[i].label for i in val], opts["valpx_per_class"], rng)}
+        return {**official, "valpx": pick_per_class(val, [records[i].label for i in val], opts.valpx_per_class, rng)}
 
-    folder = split_folder(root, opts, f"flowers-px{opts['valpx_per_class']}")
+    folder = split_folder(root, opts, f"flowers-px{opts.valpx_per_class}")
     splits = stored_splits(folder, set(records), compute, str(root / "setid.mat"))
     return [records[i] for i in splits[split]]
 
 
-def class_names(root: Path, options: dict) -> list[str]:
-    parse_options(options, DEFAULTS, "flowers")
-    names = class_names_file(Path(root) / "class_names.txt", NUM_CLASSES)
+def class_names(root: Path, opts: Options) -> list[str]:
+    names = class_names_file(root / "class_names.txt", NUM_CLASSES)
     return names if names is not None else [f"flower_{c:03d}" for c in range(1, NUM_CLASSES + 1)]
 
 
-SPEC = register_dataset(DatasetSpec(
+SPEC = DatasetSpec(
     name="flowers",
-    list_records=list_records,
-    class_names=class_names,
+    read_records=list_records,
+    read_classes=class_names,
     loc="mask",
+    Options=Options,
     description="Oxford-102 flowers (official layout and splits); masks from the segmim/ trimaps",
     paper="min-max-entropy-recursive-erasing §4",
-))
+)

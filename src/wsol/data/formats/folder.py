@@ -19,9 +19,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
 from wsol.data.formats._util import (
-    parse_options,
+    HoldoutOptions,
     pick_per_class,
     read_split_files,
     require_dir,
@@ -29,13 +30,21 @@ from wsol.data.formats._util import (
     stored_splits,
     stratified_holdout,
 )
-from wsol.data.records import Record
-from wsol.data.registry import SPLITS, DatasetSpec, register_dataset
-from wsol.errors import ConfigError, DataError
+from wsol.data.problems import LocatedError
+from wsol.data.records import MaskFile, Record
+from wsol.data.registry import SPLITS, DatasetSpec
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 RESERVED = {"masks", "splits"}
-DEFAULTS = {"seed": 0, "test_fraction": 0.2, "val_fraction": 0.2, "valpx_per_class": 3, "split_dir": None}
+
+
+class Options(HoldoutOptions):
+    """Used when root/splits/ holds no user-given split files."""
+
+    test_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of each class held out as test")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of the rest held out as valcl")
+    valpx_per_class: int = Field(3, ge=0, description="images per class in valpx, taken from valcl among those "
+                                                      "with a mask")
 
 
 def read_classes(root: Path) -> list[str]:
@@ -43,7 +52,7 @@ def read_classes(root: Path) -> list[str]:
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in RESERVED
                      and not p.name.startswith("."))
     if not classes:
-        raise DataError(f"{root}: no class sub-folder found; expected root/<class>/<image> (e.g. root/cat/001.jpg)")
+        raise LocatedError(root, "no class sub-folder found; expected root/<class>/<image> (e.g. root/cat/001.jpg)")
     return classes
 
 
@@ -57,25 +66,21 @@ def read_folder(root: Path) -> dict[str, Record]:
             rel = p.relative_to(root)
             mask = (root / "masks" / rel).with_suffix(".png")
             records[rel.as_posix()] = Record(image_id=rel.as_posix(), image_path=p, label=label,
-                                             mask_path=mask if mask.is_file() else None, source=str(p))
+                                             mask=MaskFile(mask) if mask.is_file() else None, source=str(p))
     if not records:
-        raise DataError(f"{root}: the class folders hold no image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
-                        "expected root/<class>/<image>")
+        raise LocatedError(root, f"the class folders hold no image ({', '.join(sorted(IMAGE_SUFFIXES))}); "
+                                 "expected root/<class>/<image>")
     return records
 
 
-def list_records(root: Path, split: str, options: dict) -> list[Record]:
-    opts = parse_options(options, DEFAULTS, "folder")
-    if not 0.0 <= float(opts["test_fraction"]) < 1.0:
-        raise ConfigError(f"data.options.test_fraction: expected a number in [0, 1), found {opts['test_fraction']!r}")
-    root = Path(root)
+def list_records(root: Path, split: str, opts: Options) -> list[Record]:
     records = read_folder(root)
     user = {s: root / "splits" / f"{s}.txt" for s in SPLITS}
     if any(f.is_file() for f in user.values()):
         missing = [str(f) for f in user.values() if not f.is_file()]
         if missing:
-            raise DataError(
-                f"{', '.join(missing)}: split file(s) missing; user-given splits need all of "
+            raise LocatedError(
+                ', '.join(missing), f"split file(s) missing; user-given splits need all of "
                 f"{', '.join(s + '.txt' for s in SPLITS)} in {root / 'splits'} (a file may be empty), "
                 "or remove them to get seeded splits"
             )
@@ -83,30 +88,29 @@ def list_records(root: Path, split: str, options: dict) -> list[Record]:
                                   "expected a path relative to the dataset folder, e.g. 'cat/001.jpg'")
     else:
         def compute() -> dict[str, list[str]]:
-            rng = np.random.default_rng(opts["seed"])
+            rng = np.random.default_rng(opts.seed)
             ids = sorted(records)
-            rest, test = stratified_holdout(ids, [records[i].label for i in ids], float(opts["test_fraction"]), rng)
-            train, valcl = stratified_holdout(rest, [records[i].label for i in rest], float(opts["val_fraction"]), rng)
-            valpx = pick_per_class(valcl, [records[i].label for i in valcl], opts["valpx_per_class"], rng,
+            rest, test = stratified_holdout(ids, [records[i].label for i in ids], float(opts.test_fraction), rng)
+            train, valcl = stratified_holdout(rest, [records[i].label for i in rest], float(opts.val_fraction), rng)
+            valpx = pick_per_class(valcl, [records[i].label for i in valcl], opts.valpx_per_class, rng,
                                    eligible=lambda i: records[i].has_mask)
             return {"train": train, "valcl": valcl, "valpx": valpx, "test": test}
 
-        tag = (f"folder-test{float(opts['test_fraction']):g}-val{float(opts['val_fraction']):g}"
-               f"-px{opts['valpx_per_class']}")
+        tag = f"folder-test{float(opts.test_fraction):g}-val{float(opts.val_fraction):g}-px{opts.valpx_per_class}"
         splits = stored_splits(split_folder(root, opts, tag), set(records), compute, f"the class folders of {root}")
     return [records[i] for i in splits[split]]
 
 
-def class_names(root: Path, options: dict) -> list[str]:
-    parse_options(options, DEFAULTS, "folder")
-    return read_classes(Path(root))
+def class_names(root: Path, opts: Options) -> list[str]:
+    return read_classes(root)
 
 
-SPEC = register_dataset(DatasetSpec(
+SPEC = DatasetSpec(
     name="folder",
-    list_records=list_records,
-    class_names=class_names,
+    read_records=list_records,
+    read_classes=class_names,
     loc="mask",
+    Options=Options,
     description="root/<class>/<image> with an optional root/masks/<class>/<stem>.png mirror (your own data)",
     paper="",
-))
+)

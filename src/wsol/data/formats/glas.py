@@ -26,12 +26,14 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
+from pydantic import Field, field_validator
+from pydantic_core import PydanticCustomError
 
 from wsol.data.formats._util import (
-    Collector,
-    parse_options,
+    HoldoutOptions,
     pick_per_class,
     require_file,
     safe_join,
@@ -39,14 +41,30 @@ from wsol.data.formats._util import (
     stored_splits,
     stratified_holdout,
 )
-from wsol.data.records import Record
-from wsol.data.registry import DatasetSpec, register_dataset
-from wsol.errors import ConfigError, DataError
+from wsol.data.problems import Collector, LocatedError
+from wsol.data.records import MaskFile, Record
+from wsol.data.registry import DatasetSpec
 
 CLASSES = ["benign", "malignant"]
 # survey §3.3.1: 67 train / 18 validation out of the contest's 85 training images
 SURVEY_VAL_FRACTION = 18 / 85
-DEFAULTS = {"split": "survey", "seed": 0, "val_fraction": 0.2, "valpx_per_class": 3, "split_dir": None}
+PROTOCOLS = ("survey", "minmax")
+
+
+class Options(HoldoutOptions):
+    split: Literal["survey", "minmax"] = Field("survey", description="survey: 67 train / 18 valcl (survey §3.3.1); "
+                                                                     "minmax: val_fraction of the training images "
+                                                                     "(min-max-entropy §4)")
+    val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="fraction of the contest's training images held "
+                                                                 "out as valcl (split=minmax only)")
+    valpx_per_class: int = Field(3, ge=0, description="pixel-labelled images per class in valpx, taken from valcl")
+
+    @field_validator("split", mode="before")
+    @classmethod
+    def _known_split(cls, v: object) -> object:
+        if v not in PROTOCOLS:
+            raise PydanticCustomError("glas_split", "unknown GlaS split '{split}'; valid: survey, minmax", {"split": v})
+        return v
 
 
 def find_root(root: Path) -> Path:
@@ -56,8 +74,8 @@ def find_root(root: Path) -> Path:
     found = sorted(root.glob("*/Grade.csv")) if root.is_dir() else []
     if len(found) == 1:
         return found[0].parent
-    raise DataError(
-        f"{root / 'Grade.csv'}: GlaS grade file not found; point data.root at the contest folder that holds "
+    raise LocatedError(
+        root / 'Grade.csv', "GlaS grade file not found; point data.root at the contest folder that holds "
         "Grade.csv and the train_*/testA_*/testB_* .bmp files (e.g. 'Warwick QU Dataset (Released 2016_07_08)')"
     )
 
@@ -72,16 +90,16 @@ def read_grades(root: Path) -> list[tuple[str, int, str]]:
     text = path.read_text(encoding="utf-8-sig")
     rows = list(csv.reader(io.StringIO(text), skipinitialspace=True))
     if not rows:
-        raise DataError(f"{path}:1: empty file; expected a header 'name, Patient ID, grade (GlaS), ...'")
+        raise LocatedError(f"{path}:1", "empty file; expected a header 'name, Patient ID, grade (GlaS), ...'")
     header = [_norm(h) for h in rows[0]]
     name_col = header.index("name") if "name" in header else None
     grade_cols = [i for i, h in enumerate(header) if h.startswith("grade")]
     glas_cols = [i for i in grade_cols if "glas" in header[i]]
-    grade_col = (glas_cols or grade_cols or [None])[0]
+    grade_col = next(iter(glas_cols or grade_cols), None)  # the first GlaS grade column, else any grade column
     if name_col is None or grade_col is None:
         missing = [c for c, i in (("name", name_col), ("grade (GlaS)", grade_col)) if i is None]
-        raise DataError(
-            f"{path}:1: missing column(s) {', '.join(missing)} in header {rows[0]}; expected "
+        raise LocatedError(
+            f"{path}:1", f"missing column(s) {', '.join(missing)} in header {rows[0]}; expected "
             "'name, Patient ID, grade (GlaS), ...' as in the contest's Grade.csv"
         )
     bad = Collector()
@@ -92,23 +110,23 @@ def read_grades(root: Path) -> list[tuple[str, int, str]]:
             continue
         where = f"{path}:{ln}"
         if len(row) <= max(name_col, grade_col):
-            bad.add(f"{where}: {len(row)} column(s), expected at least {max(name_col, grade_col) + 1} "
-                    f"(name, Patient ID, grade); fix the line")
+            bad.add(where, f"{len(row)} column(s), expected at least {max(name_col, grade_col) + 1} "
+                           f"(name, Patient ID, grade); fix the line")
             continue
         name, grade = row[name_col].strip(), _norm(row[grade_col])
         if grade not in CLASSES:
-            bad.add(f"{where}: grade {row[grade_col]!r} for {name!r}; expected 'benign' or 'malignant'")
+            bad.add(where, f"grade {row[grade_col]!r} for {name!r}; expected 'benign' or 'malignant'")
             continue
         try:
             safe_join(root, name + ".bmp", where)
-        except DataError as e:
-            bad.add(str(e))
+        except LocatedError as e:
+            bad.add_error(e)
             continue
         if not (name.startswith("train") or name.startswith("test")):
-            bad.add(f"{where}: image name {name!r}; expected train_<n>, testA_<n> or testB_<n>")
+            bad.add(where, f"image name {name!r}; expected train_<n>, testA_<n> or testB_<n>")
             continue
         if name in seen:
-            bad.add(f"{where}: image {name!r} already listed at line {seen[name]}; remove the duplicate")
+            bad.add(where, f"image {name!r} already listed at line {seen[name]}; remove the duplicate")
             continue
         seen[name] = ln
         out.append((name, CLASSES.index(grade), where))
@@ -116,26 +134,23 @@ def read_grades(root: Path) -> list[tuple[str, int, str]]:
     return out
 
 
-def _compute_splits(rows: list[tuple[str, int, str]], opts: dict) -> dict[str, list[str]]:
-    rng = np.random.default_rng(opts["seed"])
+def _compute_splits(rows: list[tuple[str, int, str]], opts: Options) -> dict[str, list[str]]:
+    rng = np.random.default_rng(opts.seed)
     train_rows = [(n, lab) for n, lab, _ in rows if n.startswith("train")]
-    frac = SURVEY_VAL_FRACTION if opts["split"] == "survey" else float(opts["val_fraction"])
+    frac = SURVEY_VAL_FRACTION if opts.split == "survey" else float(opts.val_fraction)
     train, valcl = stratified_holdout([n for n, _ in train_rows], [lab for _, lab in train_rows], frac, rng)
     label = {n: lab for n, lab, _ in rows}
-    valpx = pick_per_class(valcl, [label[n] for n in valcl], opts["valpx_per_class"], rng)
+    valpx = pick_per_class(valcl, [label[n] for n in valcl], opts.valpx_per_class, rng)
     test = sorted(n for n, _, _ in rows if n.startswith("test"))
     return {"train": train, "valcl": valcl, "valpx": valpx, "test": test}
 
 
-def list_records(root: Path, split: str, options: dict) -> list[Record]:
-    opts = parse_options(options, DEFAULTS, "glas")
-    if opts["split"] not in ("survey", "minmax"):
-        raise ConfigError(f"data.options.split: unknown GlaS split {opts['split']!r}; valid: survey, minmax")
+def list_records(root: Path, split: str, opts: Options) -> list[Record]:
     root = find_root(root)
     rows = read_grades(root)
     by_name = {n: (lab, where) for n, lab, where in rows}
-    tag = f"glas-survey-px{opts['valpx_per_class']}" if opts["split"] == "survey" else \
-        f"glas-minmax-val{float(opts['val_fraction']):g}-px{opts['valpx_per_class']}"
+    tag = f"glas-survey-px{opts.valpx_per_class}" if opts.split == "survey" else \
+        f"glas-minmax-val{float(opts.val_fraction):g}-px{opts.valpx_per_class}"
     folder = split_folder(root, opts, tag)
     splits = stored_splits(folder, set(by_name), lambda: _compute_splits(rows, opts), str(root / "Grade.csv"))
     records = []
@@ -145,21 +160,22 @@ def list_records(root: Path, split: str, options: dict) -> list[Record]:
             image_id=name,
             image_path=root / f"{name}.bmp",
             label=lab,
-            mask_path=root / f"{name}_anno.bmp",  # instance map: non-zero = gland (ROI)
+            mask=MaskFile(root / f"{name}_anno.bmp"),  # instance map: non-zero = gland (ROI)
             source=where,
         ))
     return records
 
 
-def class_names(root: Path, options: dict) -> list[str]:
+def class_names(root: Path, opts: Options) -> list[str]:
     return list(CLASSES)
 
 
-SPEC = register_dataset(DatasetSpec(
+SPEC = DatasetSpec(
     name="glas",
-    list_records=list_records,
-    class_names=class_names,
+    read_records=list_records,
+    read_classes=class_names,
     loc="mask",
+    Options=Options,
     description="GlaS colon histology (benign/malignant), Warwick contest layout; glands are the ROI",
     paper="wsol-histology-survey §3.3.1; min-max-entropy-recursive-erasing §4",
-))
+)

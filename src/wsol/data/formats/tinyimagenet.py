@@ -19,21 +19,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from pydantic import Field
 
-from wsol.data.formats._util import (
-    Collector,
-    check_unique,
-    holdout_splits,
-    parse_options,
-    require_file,
-    safe_join,
-    text_rows,
-)
+from wsol.data.formats._util import HoldoutOptions, check_unique, holdout_splits, require_file, safe_join, text_rows
+from wsol.data.problems import Collector, LocatedError
 from wsol.data.records import Record
-from wsol.data.registry import DatasetSpec, register_dataset
-from wsol.errors import DataError
+from wsol.data.registry import DatasetSpec
 
-DEFAULTS = {"seed": 0, "val_fraction": 0.1, "valpx_per_class": 5, "split_dir": None}
+
+class Options(HoldoutOptions):
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0, description="fraction of the official train part held out "
+                                                                 "as valcl (stratified by class)")
+
 FIX = "restore it from tiny-imagenet-200.zip and point data.root at the tiny-imagenet-200 folder"
 
 
@@ -43,14 +40,14 @@ def read_wnids(root: Path) -> list[str]:
     wnids: list[str] = []
     for ln, f in text_rows(path):
         if len(f) != 1:
-            bad.add(f"{path}:{ln}: expected one WordNet id per line, found {' '.join(f)!r}")
+            bad.add(f"{path}:{ln}", f"expected one WordNet id per line, found {' '.join(f)!r}")
         elif f[0] in wnids:
-            bad.add(f"{path}:{ln}: class {f[0]} listed twice; remove the duplicate")
+            bad.add(f"{path}:{ln}", f"class {f[0]} listed twice; remove the duplicate")
         else:
             wnids.append(f[0])
     bad.raise_if_any()
     if not wnids:
-        raise DataError(f"{path}: no class listed; {FIX}")
+        raise LocatedError(path, f"no class listed; {FIX}")
     return wnids
 
 
@@ -58,7 +55,7 @@ def _box(vals: list[str], where: str, bad: Collector) -> np.ndarray | None:
     try:
         box = np.array([[float(v) for v in vals]], dtype=np.float64)
     except ValueError:
-        bad.add(f"{where}: box {vals} must be 4 numbers x1 y1 x2 y2")
+        bad.add(where, f"box {vals} must be 4 numbers x1 y1 x2 y2")
         return None
     return box
 
@@ -73,18 +70,18 @@ def read_tiny(root: Path) -> tuple[list[Record], list[Record]]:
     for w in wnids:
         path = root / "train" / w / f"{w}_boxes.txt"
         if not path.is_file():
-            bad.add(f"{path}: box file of class {w} (listed in {root / 'wnids.txt'}) not found; {FIX}")
+            bad.add(path, f"box file of class {w} (listed in {root / 'wnids.txt'}) not found; {FIX}")
             continue
         for ln, f in text_rows(path):
             where = f"{path}:{ln}"
             if len(f) != 5:
-                bad.add(f"{where}: expected '<file>\\t<x1>\\t<y1>\\t<x2>\\t<y2>', found {len(f)} column(s)")
+                bad.add(where, f"expected '<file>\\t<x1>\\t<y1>\\t<x2>\\t<y2>', found {len(f)} column(s)")
                 continue
             box = _box(f[1:], where, bad)
             try:
                 img = safe_join(root / "train" / w / "images", f[0], where)
-            except DataError as e:
-                bad.add(str(e))
+            except LocatedError as e:
+                bad.add_error(e)
                 continue
             if box is not None:
                 train.append(Record(image_id=img.relative_to(root).as_posix(), image_path=img, label=label[w],
@@ -94,16 +91,16 @@ def read_tiny(root: Path) -> tuple[list[Record], list[Record]]:
     for ln, f in text_rows(path):
         where = f"{path}:{ln}"
         if len(f) != 6:
-            bad.add(f"{where}: expected '<file>\\t<wnid>\\t<x1>\\t<y1>\\t<x2>\\t<y2>', found {len(f)} column(s)")
+            bad.add(where, f"expected '<file>\\t<wnid>\\t<x1>\\t<y1>\\t<x2>\\t<y2>', found {len(f)} column(s)")
             continue
         if f[1] not in label:
-            bad.add(f"{where}: class {f[1]!r} is not listed in {root / 'wnids.txt'}; fix the line")
+            bad.add(where, f"class {f[1]!r} is not listed in {root / 'wnids.txt'}; fix the line")
             continue
         box = _box(f[2:], where, bad)
         try:
             img = safe_join(root / "val" / "images", f[0], where)
-        except DataError as e:
-            bad.add(str(e))
+        except LocatedError as e:
+            bad.add_error(e)
             continue
         if box is not None:
             val.append(Record(image_id=img.relative_to(root).as_posix(), image_path=img, label=label[f[1]],
@@ -113,16 +110,12 @@ def read_tiny(root: Path) -> tuple[list[Record], list[Record]]:
     return train, val
 
 
-def list_records(root: Path, split: str, options: dict) -> list[Record]:
-    opts = parse_options(options, DEFAULTS, "tinyimagenet")
-    root = Path(root)
+def list_records(root: Path, split: str, opts: Options) -> list[Record]:
     train_recs, val_recs = read_tiny(root)
     return holdout_splits(root, opts, train_recs, val_recs, "tinyimagenet", "the train/*_boxes.txt and val files")[split]
 
 
-def class_names(root: Path, options: dict) -> list[str]:
-    parse_options(options, DEFAULTS, "tinyimagenet")
-    root = Path(root)
+def class_names(root: Path, opts: Options) -> list[str]:
     wnids = read_wnids(root)
     words: dict[str, str] = {}
     if (root / "words.txt").is_file():
@@ -132,11 +125,12 @@ def class_names(root: Path, options: dict) -> list[str]:
     return [words.get(w, w) for w in wnids]
 
 
-SPEC = register_dataset(DatasetSpec(
+SPEC = DatasetSpec(
     name="tinyimagenet",
-    list_records=list_records,
-    class_names=class_names,
+    read_records=list_records,
+    read_classes=class_names,
     loc="box",
+    Options=Options,
     description="Tiny-ImageNet (200 classes, 64×64): boxes; official val used as test",
     paper="",
-))
+)

@@ -21,6 +21,7 @@ import logging
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import cv2
 import numpy as np
@@ -57,7 +58,7 @@ class Annotations:
         if len(b) == 0:
             return np.zeros(x.shape[0], bool)
         hit = (x <= b[None, :, 2]) & (x + w - 1 >= b[None, :, 0]) & (y <= b[None, :, 3]) & (y + h - 1 >= b[None, :, 1])
-        return hit.any(axis=1)
+        return cast(np.ndarray, hit.any(axis=1))
 
     def rasterize(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """The h×w uint8 tumour mask (1 = metastatic) of the level-0 region at (x, y)."""
@@ -126,7 +127,7 @@ def read_asap_xml(path: str | Path) -> Annotations:
                 "case-insensitive; rename the group in ASAP"
             )
         coords = a.findall("./Coordinates/Coordinate")
-        pts = []
+        pts: list[tuple[float, float, float]] = []
         for c in coords:
             order = c.get("Order")
             pts.append((

@@ -40,10 +40,11 @@ import multiprocessing
 import os
 import shutil
 import sys
+from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -94,7 +95,7 @@ class Summary:
         return {"counts": self.counts, "slides": self.slides, "params": self.params}
 
     @classmethod
-    def load(cls, out_dir: str | Path) -> "Summary":
+    def load(cls, out_dir: str | Path) -> Summary:
         path = Path(out_dir) / "summary.json"
         try:
             d = json.loads(path.read_text(encoding="utf-8"))
@@ -480,8 +481,8 @@ def _prepare(cfg: Settings, slides: list[SlideInfo], out_dir: Path, pool: Proces
         cat1=sum(1 for n, x, y, label in vp if label == 1 and pm_of[(n, x, y)] <= cfg.p1),
         cat2=sum(1 for n, x, y, label in vp if label == 1 and pm_of[(n, x, y)] > cfg.p1),
     )
-    for s in SPLITS:
-        counts[s]["total"] = counts[s]["normal"] + counts[s]["metastatic"]
+    for split in SPLITS:
+        counts[split]["total"] = counts[split]["normal"] + counts[split]["metastatic"]
 
     # 6. write the patches and the metadata into the staging folder, then swap it into place
     summary = Summary(out_dir=out_dir, counts=counts, slides=slide_lists, params=params,
@@ -494,7 +495,8 @@ def _prepare(cfg: Settings, slides: list[SlideInfo], out_dir: Path, pool: Proces
 
 def _pick_metastatic(cfg: Settings, split: str, tumour: list[str], scans: dict) -> tuple[list[Entry], dict]:
     area = cfg.patch_size ** 2
-    cat1, cat2 = [], []
+    cat1: list[tuple[str, int, int, float]] = []  # (slide, x, y, metastatic fraction)
+    cat2: list[tuple[str, int, int, float]] = []
     for n in tumour:
         for x, y, c, _ in scans[n]["patches"]:
             pm = c / area
@@ -550,7 +552,7 @@ def _pick_valpx(cfg: Settings, valcl: list[Entry]) -> list[Entry]:
 
 def _write_all(cfg: Settings, chosen: dict[str, list[Entry]], by_name: dict, prints: dict, staging: Path,
                pool: ProcessPoolExecutor | None, progress: Progress | None) -> None:
-    from wsol.data.formats.wsoleval import MetaEntry, write_class_names, write_metadata
+    from wsol.data.metadata import MetaEntry, write_class_names, write_metadata
 
     per_slide: dict[str, list] = {}
     for split in ("train", "valcl", "test"):
@@ -581,7 +583,7 @@ def _write_all(cfg: Settings, chosen: dict[str, list[Entry]], by_name: dict, pri
 def _publish(staging: Path, out_dir: Path, summary: Summary) -> None:
     """Move the finished staging folders into ``out_dir``; summary.json goes last, so a folder
     with a summary is always complete."""
-    from wsol.data.formats.wsoleval import replace_dir
+    from wsol.data.metadata import replace_dir
 
     write_json(staging / "summary.json", summary.to_json())
     (out_dir / "summary.json").unlink(missing_ok=True)

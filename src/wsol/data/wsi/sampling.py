@@ -6,7 +6,7 @@ calibration of category-2 patches, and the spread of normal patches over normal 
 from __future__ import annotations
 
 import hashlib
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -97,7 +97,7 @@ class Slide:
         except Exception:  # closing a broken handle must not hide the real error
             pass
 
-    def __enter__(self) -> "Slide":
+    def __enter__(self) -> Slide:
         return self
 
     def __exit__(self, *exc) -> None:

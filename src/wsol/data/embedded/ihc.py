@@ -22,9 +22,7 @@ Written in the wsolevaluation metadata layout, like the synthetic sets.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -33,9 +31,9 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from wsol.data.formats.wsoleval import MetaEntry, read_class_names, read_metadata, write_class_names, write_metadata
-from wsol.data.records import Record
-from wsol.data.registry import SPLITS, DatasetSpec, register_dataset
+from wsol.data.embedded.base import embedded_spec, install_set, write_png
+from wsol.data.metadata import MetaEntry
+from wsol.data.registry import SPLITS
 from wsol.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -100,13 +98,6 @@ def select_tiles(fractions: np.ndarray, seed: int, p0: float = P0) -> dict[str, 
     return out
 
 
-def _write_png(path: Path, arr: np.ndarray) -> None:
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), arr):
-        raise DataError(f"{path}: cannot write image")
-
-
 def build_ihc_dab(out: str | Path, n: int | None = None, size: int | None = None, seed: int = 0,
                   patch: int | None = None) -> Path:
     """Write ``ihc-dab`` into ``out``. ``patch`` (or ``size``, its alias in the common
@@ -136,45 +127,26 @@ def build_ihc_dab(out: str | Path, n: int | None = None, size: int | None = None
                 mask = roi[y:y + patch, x:x + patch].astype(np.uint8)
                 if label == 0:
                     mask[:] = 0  # a negative tile has an all-zero mask
-                _write_png(tmp / img_rel, rgb[y:y + patch, x:x + patch])
-                _write_png(tmp / mask_rel, mask * 255)
+                write_png(tmp / img_rel, rgb[y:y + patch, x:x + patch])
+                write_png(tmp / mask_rel, mask * 255)
                 entries[split].append(MetaEntry(img_rel, label, (patch, patch), masks=[(mask_rel, None)]))
         valcl = {e.image_id: e for e in entries["valcl"]}
         entries["valpx"] = [valcl[f"images/valcl/r{r * patch:03d}_c{c * patch:03d}.png"] for r, c, _ in tiles["valpx"]]
-        for sub in ("images", "masks"):
-            if (out / sub).exists():
-                shutil.rmtree(out / sub)
-            (tmp / sub).rename(out / sub)
-        for split in SPLITS:
-            write_metadata(out, split, entries[split])
-        write_class_names(out, CLASSES)
         info = {
             "name": "ihc-dab", "seed": seed, "patch": patch, "classes": CLASSES, "loc": "mask",
             "counts": {s: len(entries[s]) for s in SPLITS},
             "roi": "stain-derived (DAB by colour deconvolution, Otsu, morphology), not a pathologist's annotation",
             "source": "skimage.data.immunohistochemistry()",
         }
-        (tmp / "dataset.json").write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp / "dataset.json", out / "dataset.json")
+        install_set(tmp, out, entries, CLASSES, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
-def _list(root: Path, split: str, options: dict) -> list[Record]:
-    if not (Path(root) / "metadata" / split / "image_ids.txt").is_file():
-        raise DataError(f"{root}: no ihc-dab dataset here (metadata/{split}/image_ids.txt missing); "
-                        f"build it with `wsol data synth ihc-dab --out {root}`")
-    return read_metadata(root, split)
-
-
-def _class_names(root: Path, options: dict) -> list[str]:
-    return read_class_names(root) if (Path(root) / "metadata").is_dir() else list(CLASSES)
-
-
-register_dataset(DatasetSpec(
-    name="ihc-dab", list_records=_list, class_names=_class_names, loc="mask", synthesize=build_ihc_dab,
+IHC_DAB = embedded_spec(
+    name="ihc-dab", classes=CLASSES, loc="mask", generate=build_ihc_dab,
     description="real IHC tissue tiles (skimage's immunohistochemistry image); ROI = DAB-positive tissue, a "
                 "stain-derived mask (not a pathologist's); positive tiles >= 20% ROI, negative tiles ~0%",
     paper="built like CAMELYON16-P512 (wsol-histology-survey appendix B), at toy scale",
-))
+)

@@ -1,6 +1,6 @@
 """Embedded synthetic datasets: procedural, seeded generators written to disk in the
-wsolevaluation metadata layout (:mod:`wsol.data.formats.wsoleval`) and read back by the
-same reader as real data.
+wsolevaluation metadata layout (:mod:`wsol.data.metadata`) and read back by the same
+reader as real data.
 
 - ``synthetic-glas``: H&E-like colon tissue (pink stroma, nuclei everywhere, glands as
   ROIs), benign vs malignant. The class lives *only* inside the glands: benign glands are
@@ -29,23 +29,23 @@ the train masks).
 
 from __future__ import annotations
 
-import json
+import functools
 import logging
-import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Literal
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from wsol.data.formats.wsoleval import MetaEntry, read_class_names, read_metadata, write_class_names, write_metadata
-from wsol.data.records import Record
-from wsol.data.registry import SPLITS, DatasetSpec, register_dataset
-from wsol.errors import ConfigError, DataError
+from wsol.data.embedded.base import embedded_spec, install_set, write_png
+from wsol.data.metadata import MetaEntry
+from wsol.data.registry import SPLITS
+from wsol.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def polar_region(shape: tuple[int, int], cx: float, cy: float, radius: float, as
     return out
 
 
-def ring_points(g: "Gland", harmonics: np.ndarray, theta: np.ndarray, rho: float) -> np.ndarray:
+def ring_points(g: Gland, harmonics: np.ndarray, theta: np.ndarray, rho: float) -> np.ndarray:
     """(x, y) of the points at polar angles ``theta`` (in the region's own frame) on the
     level line ρ of :func:`polar_region`."""
     r = np.ones_like(theta)
@@ -265,7 +265,10 @@ def gland_content(rng: Rng, shape: tuple[int, int], glands: list[Gland], label: 
             axes = np.stack([rng.uniform(1.6, 2.8, n) * s, rng.uniform(1.2, 2.0, n) * s], 1)
             ang = rng.uniform(0, 180, n)
             val = rng.uniform(1.2, 1.6, n)
-        xy_l.append(xy), axes_l.append(axes), ang_l.append(ang), val_l.append(val)
+        xy_l.append(xy)
+        axes_l.append(axes)
+        ang_l.append(ang)
+        val_l.append(val)
         alpha = np.maximum(alpha, a)
         h = np.where(a > 0, h_g, h)
         e = np.where(a > 0, e_g, e)
@@ -492,18 +495,18 @@ def render_cub(seed: tuple[int, ...], label: int, size: int) -> tuple[np.ndarray
 
 
 @dataclass(frozen=True)
-class SynthSpec:
+class Recipe:
+    """How to draw a procedural set: ``render(seed, label, size) -> (RGB, mask)``, default
+    number of training images ``n`` and image side ``size``."""
+
     name: str
     classes: list[str]
-    loc: str
+    loc: Literal["mask", "box"]
     render: Callable[[tuple[int, ...], int, int], tuple[np.ndarray, np.ndarray]]
     n: int  # default number of training images
     size: int  # default image side
     description: str
-    paper: str = ""
 
-
-SYNTH: dict[str, SynthSpec] = {}
 
 SPLIT_CODE = {"train": 0, "valcl": 1, "test": 2}
 
@@ -522,41 +525,10 @@ def _labels(rng: Rng, count: int, num_classes: int) -> np.ndarray:
     return rng.permutation(labels)
 
 
-def _write_png(path: Path, arr: np.ndarray) -> None:
-    if arr.ndim == 3:
-        arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    if not cv2.imwrite(str(path), arr):
-        raise DataError(f"{path}: cannot write image")
-
-
-def embedded_datasets() -> list[str]:
-    """Names of the registered datasets that can be written to disk by :func:`synthesize`."""
-    from wsol.data.registry import DATASETS, available_datasets
-
-    return [n for n in available_datasets() if DATASETS[n].synthesize is not None]
-
-
-def synthesize(name: str, out: str | Path, n: int | None = None, size: int | None = None, seed: int = 0) -> Path:
-    """Write the embedded dataset ``name`` (a procedural one of this module, or any
-    registered dataset with a ``synthesize`` function, e.g. ``ihc-dab``) into ``out``.
-    ``n``: number of training images (other splits scale from it); ``size``: image side."""
-    if name in SYNTH:
-        return generate(name, out, n=n, size=size, seed=seed)
-    from wsol.data.registry import DATASETS
-
-    valid = ", ".join(embedded_datasets())
-    spec = DATASETS.get(name)
-    if spec is None or spec.synthesize is None:
-        what = "unknown dataset" if spec is None else "dataset that cannot be synthesised"
-        raise ConfigError(f"{what} {name!r}; embedded datasets (valid): {valid}")
-    return spec.synthesize(out, n=n, size=size, seed=seed)
-
-
-def generate(name: str, out: str | Path, n: int | None = None, size: int | None = None, seed: int = 0) -> Path:
-    """Generate the procedural dataset ``name`` into ``out`` (images/, masks/, metadata/,
+def generate(spec: Recipe, out: str | Path, n: int | None = None, size: int | None = None, seed: int = 0) -> Path:
+    """Generate the procedural dataset ``spec`` into ``out`` (images/, masks/, metadata/,
     dataset.json). Files are generated in a temporary folder and moved into place,
     metadata last, so an interrupted run leaves no metadata behind."""
-    spec = SYNTH[name]
     n = spec.n if n is None else int(n)
     size = spec.size if size is None else int(size)
     if size < 16:
@@ -578,8 +550,8 @@ def generate(name: str, out: str | Path, n: int | None = None, size: int | None 
                 rgb, mask = spec.render((seed, SPLIT_CODE[split], i), int(label), size)
                 stem = f"{split}_{i:05d}"
                 img_rel, mask_rel = f"images/{split}/{stem}.png", f"masks/{split}/{stem}.png"
-                _write_png(tmp / img_rel, rgb)
-                _write_png(tmp / mask_rel, mask * 255)
+                write_png(tmp / img_rel, rgb)
+                write_png(tmp / mask_rel, mask * 255)
                 fg.append(float(mask.mean()))
                 boxes = None
                 if spec.loc == "box":
@@ -592,81 +564,35 @@ def generate(name: str, out: str | Path, n: int | None = None, size: int | None 
         for c in range(ncls):
             valpx += [e for e in entries["valcl"] if e.label == c][:3]
         entries["valpx"] = valpx
-        for sub in ("images", "masks"):
-            dst = out / sub
-            if dst.exists():
-                shutil.rmtree(dst)
-            (tmp / sub).rename(dst)
-        for split in SPLITS:
-            write_metadata(out, split, entries[split])
-        write_class_names(out, spec.classes)
         info = {
-            "name": name, "seed": seed, "n": n, "size": size, "classes": spec.classes, "loc": spec.loc,
+            "name": spec.name, "seed": seed, "n": n, "size": size, "classes": spec.classes, "loc": spec.loc,
             "counts": {s: len(entries[s]) for s in SPLITS}, "foreground_fraction": float(np.mean(fg)),
             "description": spec.description,
         }
-        info_tmp = tmp / "dataset.json"
-        info_tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(info_tmp, out / "dataset.json")
+        install_set(tmp, out, entries, spec.classes, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    log.info("synthesised %s in %s (%s)", name, out, ", ".join(f"{s}: {len(entries[s])}" for s in SPLITS))
+    log.info("synthesised %s in %s (%s)", spec.name, out, ", ".join(f"{s}: {len(entries[s])}" for s in SPLITS))
     return out
 
 
-def has_metadata(root: Path) -> bool:
-    return all((Path(root) / "metadata" / s / "image_ids.txt").is_file() for s in SPLITS)
+def _embedded(recipe: Recipe, paper: str):
+    return embedded_spec(recipe.name, recipe.classes, recipe.loc, functools.partial(generate, recipe),
+                         recipe.description, paper)
 
 
-def ensure_dataset(name: str, root: str | Path) -> Path:
-    """``root`` holding the embedded dataset ``name``: synthesised with defaults when its
-    metadata is missing, left as is otherwise."""
-    root = Path(root)
-    if not has_metadata(root):
-        from wsol.data.registry import get_dataset
-
-        spec = get_dataset(name)
-        if spec.synthesize is None:
-            raise DataError(f"{root}: no metadata for dataset {name!r}, which cannot be synthesised; "
-                            "point data.root at the prepared dataset")
-        spec.synthesize(root)
-    return root
-
-
-def _register(spec: SynthSpec) -> None:
-    SYNTH[spec.name] = spec
-
-    def list_records(root: Path, split: str, options: dict) -> list[Record]:
-        if not has_metadata(root):
-            raise DataError(f"{root}: no synthetic dataset here (metadata/<split>/image_ids.txt missing); "
-                            f"generate it with `wsol data synth {spec.name} --out {root}`")
-        return read_metadata(root, split)
-
-    def class_names(root: Path, options: dict) -> list[str]:
-        return read_class_names(root) if (Path(root) / "metadata").is_dir() else list(spec.classes)
-
-    def synth(out: str | Path, n: int | None = None, size: int | None = None, seed: int = 0) -> Path:
-        return generate(spec.name, out, n=n, size=size, seed=seed)
-
-    register_dataset(DatasetSpec(name=spec.name, list_records=list_records, class_names=class_names,
-                                 loc=spec.loc, description=spec.description, synthesize=synth, paper=spec.paper))
-
-
-_register(SynthSpec(
+GLAS = _embedded(Recipe(
     name="synthetic-glas", classes=["benign", "malignant"], loc="mask", render=render_glas, n=200, size=128,
     description="procedural H&E colon tissue: glands are the ROIs; benign = round glands, clear lumen, one "
                 "palisade of regular nuclei; malignant = irregular glands crowded with large dark nuclei",
-    paper="wsol-histology-survey §3.3.1 (GlaS protocol splits)",
-))
-_register(SynthSpec(
+), paper="wsol-histology-survey §3.3.1 (GlaS protocol splits)")
+CAMELYON = _embedded(Recipe(
     name="synthetic-camelyon", classes=["normal", "metastatic"], loc="mask", render=render_camelyon, n=240, size=128,
     description="procedural lymph-node patches: metastatic regions (large pale nuclei) cover 3-100% of metastatic "
                 "patches; normal patches have all-zero masks",
-    paper="wsol-histology-survey §3.3.2 and appendix B (CAMELYON16-P512)",
-))
-_register(SynthSpec(
+), paper="wsol-histology-survey §3.3.2 and appendix B (CAMELYON16-P512)")
+CUB = _embedded(Recipe(
     name="synthetic-cub", classes=list(CUB_CLASSES), loc="box", render=render_cub, n=400, size=128,
     description="10 object classes (shape + colour pattern) on cluttered backgrounds, one object per image "
                 "with box and mask",
-    paper="CUB-200-2011 stand-in for the box metrics of f-cam / weight-map-wsol",
-))
+), paper="CUB-200-2011 stand-in for the box metrics of f-cam / weight-map-wsol")
