@@ -8,14 +8,20 @@ with ``@register``) plus one line here.
 from wsol.registry import Registry
 
 METHODS: Registry = Registry("method", {
+    "acol": "wsol.methods.acol:ACoL",
+    "adl": "wsol.methods.adl:ADL",
     "cam": "wsol.methods.cam:CAM",
+    "cutmix": "wsol.methods.cutmix:CutMix",
     "deepmil": "wsol.methods.deepmil:DeepMIL",
     "erase": "wsol.methods.erase:Erase",
+    "has": "wsol.methods.has:HaS",
     "lse": "wsol.methods.lse:LSE",
     "max_pool": "wsol.methods.max_pool:MaxPool",
     "maxmin": "wsol.methods.maxmin:MaxMin",
     "pn": "wsol.methods.pn:PN",
     "prm": "wsol.methods.prm:PRM",
+    "spg": "wsol.methods.spg:SPG",
+    "tscam": "wsol.methods.tscam:TSCAM",
     "wildcat": "wsol.methods.wildcat:Wildcat",
 }, field="model.method.name")
 
