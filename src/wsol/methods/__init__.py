@@ -18,6 +18,7 @@ METHODS: Registry = Registry("method", {
     "lse": "wsol.methods.lse:LSE",
     "max_pool": "wsol.methods.max_pool:MaxPool",
     "maxmin": "wsol.methods.maxmin:MaxMin",
+    "minmax_entropy": "wsol.methods.minmax_entropy:MinMaxEntropy",
     "pn": "wsol.methods.pn:PN",
     "prm": "wsol.methods.prm:PRM",
     "spg": "wsol.methods.spg:SPG",
