@@ -115,8 +115,8 @@ def demo(
     cfg = load_config([CONFIGS / "datasets" / f"{dataset}.yaml", demo_file], overrides)
     console.print(f"[bold]wsol demo[/bold]: {dataset} → {cfg.run_dir}")
     ensure_dataset(cfg.data.name, Path(cfg.data.root))
-    with _progress() as progress:
-        _, evals = train_and_evaluate(cfg, RichCallbacks(progress))
+    with _progress() as progress:  # the demo replaces its own previous run folder
+        _, evals = train_and_evaluate(cfg, RichCallbacks(progress), overwrite=True)
     console.print(metrics_table({k: v.result.metrics for k, v in evals.items()}, f"test split — {dataset}"))
     console.print(f"report: {Path(cfg.run_dir) / 'report.html'}")
 
@@ -126,6 +126,7 @@ def train(
     config: Annotated[list[Path], typer.Option("--config", "-c", help="YAML config; several are merged in order")] = [],
     set_: Annotated[list[str], typer.Option("--set", help="override a config value, e.g. optim.lr=0.01")] = [],
     resume: Annotated[bool, typer.Option(help="continue from RUN/checkpoints/last.pt")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace a previous run in run_dir (its own files only)")] = False,
     no_eval: Annotated[bool, typer.Option("--no-eval", help="train only; skip test evaluation and report")] = False,
     verbose: Annotated[bool, typer.Option("-v")] = False,
 ) -> None:
@@ -135,13 +136,17 @@ def train(
     from wsol.engine.trainer import Trainer
 
     _setup_logging(verbose)
-    cfg = load_config([_config_path(c) for c in config], list(set_))
+    paths = [_config_path(c) for c in config]
+    overrides = list(set_)
+    if resume and len(paths) == 1 and (paths[0].parent / "run.json").is_file() and paths[0].name == "config.yaml":
+        overrides.insert(0, f"run_dir={paths[0].parent}")  # a moved or copied run resumes where it is now
+    cfg = load_config(paths, overrides)
     with _progress() as progress:
         cb = RichCallbacks(progress)
         if no_eval:
-            Trainer(cfg, callbacks=cb).fit(resume=resume)
+            Trainer(cfg, callbacks=cb, overwrite=overwrite).fit(resume=resume)
             return
-        _, evals = train_and_evaluate(cfg, cb, resume=resume)
+        _, evals = train_and_evaluate(cfg, cb, resume=resume, overwrite=overwrite)
     console.print(metrics_table({k: v.result.metrics for k, v in evals.items()}, f"test split — {cfg.run_dir}"))
     console.print(f"report: {Path(cfg.run_dir) / 'report.html'}")
 
@@ -381,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         app(args=argv, prog_name="wsol")
     except SystemExit as e:  # typer/click exit (normal end, --help, usage error)
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except WSOLError as e:
-        err_console.print(f"[bold red]error:[/bold red] {e}", highlight=False, soft_wrap=True)
+    except WSOLError as e:  # user text may hold [brackets]: escape it from rich's markup
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -283,3 +283,110 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: damaged ({e}); re-run `wsol evaluate` to rewrite it") from None
+
+
+# --- protecting run folders ------------------------------------------------------------
+#: what wsol writes at the top of a run folder; ``--overwrite`` removes these and nothing else
+RUN_FILES = (CONFIG, RUN_JSON, HISTORY, "report.html")
+RUN_DIRS = ("checkpoints", "eval", "tb")
+LOCK = ".wsol.lock"
+
+
+def is_run_folder(path: Path | str) -> bool:
+    path = Path(path)
+    return (path / RUN_JSON).is_file() or ((path / CONFIG).is_file() and (path / "checkpoints").is_dir())
+
+
+def prepare_run_folder(run_dir: Path | str, *, resume: bool, overwrite: bool) -> None:
+    """Make ``run_dir`` ready for training, never touching a file wsol did not write:
+    a new or empty folder is used; a previous run is refused unless ``resume`` (continue it)
+    or ``overwrite`` (its own files are removed first); a folder holding anything else is
+    refused. Temporary files a killed write left behind are removed."""
+    import shutil
+
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"run_dir {run_dir} is a file; choose a folder (run_dir=...)")
+    entries = [p for p in run_dir.iterdir() if p.name != LOCK] if run_dir.is_dir() else []
+    if not entries:
+        return
+    if not is_run_folder(run_dir):
+        raise CheckpointError(
+            f"run_dir {run_dir} is not empty and holds no wsol run ({', '.join(sorted(p.name for p in entries)[:5])}); "
+            "wsol will not write into it — choose a new run_dir"
+        )
+    clean_temporaries(run_dir)
+    if resume:
+        return
+    if not overwrite:
+        raise CheckpointError(
+            f"run_dir {run_dir} already holds a run; continue it with --resume, replace it with --overwrite "
+            "(removes that run's own files only), or choose a new run_dir"
+        )
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for p in run_dir.glob("metrics*.json"):
+        p.unlink()
+    for name in RUN_DIRS:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)  # folders wsol created inside its own run
+
+
+def clean_temporaries(run_dir: Path) -> None:
+    """Remove ``.<name>.<random>.tmp`` files (wsol.fileio's atomic writes) left by a kill."""
+    from wsol.fileio import TMP_SUFFIX
+
+    for p in run_dir.rglob(f".*{TMP_SUFFIX}"):
+        if p.is_file():
+            p.unlink()
+
+
+class RunLock:
+    """Exclusive lock on a run folder while it trains (``RUN/.wsol.lock`` holds host and
+    pid). A lock whose process is gone (same host) is stale and taken over."""
+
+    def __init__(self, run_dir: Path | str):
+        self.path = Path(run_dir) / LOCK
+
+    def __enter__(self) -> RunLock:
+        import os
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if self._stale():
+                    self.path.unlink(missing_ok=True)
+                    continue
+                raise CheckpointError(
+                    f"{self.path.parent}: another wsol process ({self.path.read_text().strip()}) is training into this "
+                    "run folder; wait for it or choose another run_dir"
+                ) from None
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return self
+        raise CheckpointError(f"{self.path}: could not take the run folder's lock")
+
+    def _stale(self) -> bool:
+        import os
+        import socket
+
+        try:
+            host, pid = self.path.read_text().split()
+        except (OSError, ValueError):
+            return True
+        if host != socket.gethostname():
+            return False  # another machine's process: cannot tell, keep it
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)

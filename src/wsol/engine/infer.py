@@ -26,6 +26,14 @@ def _target_id(target: str | None, class_names: list[str]) -> int | None:
     raise WSOLError(f"--target: unknown class {target!r}; valid: {', '.join(class_names)} (or an id)")
 
 
+def output_stems(images: list[Path]) -> list[str]:
+    """One distinct output name per input: the file stem, prefixed by its folder (then an
+    index) when two inputs share a stem — ``a/x.png`` and ``b/x.png`` never overwrite."""
+    stems = [Path(p).stem for p in images]
+    out = [s if stems.count(s) == 1 else f"{Path(p).parent.name}_{s}" for p, s in zip(images, stems)]
+    return [s if out.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(out)]
+
+
 def cam_images(run_dir: Path, images: list[Path], out: Path, *, checkpoint: str = "best_loc",
                target: str | None = None, localizer_factory: LocalizerFactory | None = None) -> list[dict]:
     """Predict each image, compute its CAM (for ``target`` or the predicted class) at the
@@ -36,8 +44,9 @@ def cam_images(run_dir: Path, images: list[Path], out: Path, *, checkpoint: str 
     localize = localizer_factory(method) if localizer_factory is not None else method.localize
     transform = build_transform(run.config.data, train=False)
     tid = _target_id(target, class_names)
+    stems = output_stems(images)
     rows = []
-    for path in images:
+    for path, stem in zip(images, stems):
         sample = transform(load_sample(Record(image_id=path.name, image_path=Path(path), label=0)))
         x = sample["image"][None].to(device)
         with torch.no_grad():
@@ -46,7 +55,6 @@ def cam_images(run_dir: Path, images: list[Path], out: Path, *, checkpoint: str 
         t = torch.tensor([pred if tid is None else tid], device=device)
         cam = localize(x, t)[0].detach().cpu().numpy()
         img = (sample["image"].permute(1, 2, 0).numpy() * 255).round().clip(0, 255).astype(np.uint8)
-        stem = Path(path).stem
         hm, ov = Path(out) / f"{stem}_heatmap.png", Path(out) / f"{stem}_overlay.png"
         save_png(hm, heatmap(cam))
         save_png(ov, overlay(img, cam))

@@ -100,8 +100,10 @@ def evaluate_selected(run_dir: Path | str, split: str = "test", callbacks: Callb
 
 
 def train_and_evaluate(cfg: RunConfig, callbacks: Callbacks | None = None, resume: bool = False,
-                       report: bool = True) -> tuple[TrainResult, dict[str, RunEvaluation]]:
-    result = Trainer(cfg, callbacks=callbacks).fit(resume=resume)
+                       report: bool = True, overwrite: bool = False) -> tuple[TrainResult, dict[str, RunEvaluation]]:
+    """Train, evaluate every kept checkpoint on test, write the report. ``overwrite``
+    replaces a previous run in ``cfg.run_dir`` (its own files only)."""
+    result = Trainer(cfg, callbacks=callbacks, overwrite=overwrite).fit(resume=resume)
     evals = evaluate_selected(result.run_dir, "test", callbacks)
     if report:
         from wsol.report.html import write_report

@@ -42,8 +42,10 @@ from wsol.runs import (
     HISTORY,
     LAST,
     RunInfo,
+    RunLock,
     checkpoint_path,
     load_checkpoint,
+    prepare_run_folder,
     resolve_device,
     rng_state,
     save_checkpoint,
@@ -148,10 +150,12 @@ class TrainResult:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, run_dir: Path | str | None = None, callbacks: Callbacks | None = None):
+    def __init__(self, cfg: RunConfig, run_dir: Path | str | None = None, callbacks: Callbacks | None = None,
+                 overwrite: bool = False):
         self.cfg = cfg
         self.run_dir = Path(run_dir or cfg.run_dir)
         self.cb = callbacks or Callbacks()
+        self.overwrite = overwrite
         self.device = resolve_device(cfg.device)
 
     def _write_history(self, history: list[dict[str, float]]) -> None:
@@ -165,6 +169,14 @@ class Trainer:
         atomic_write_text(self.run_dir / HISTORY, buf.getvalue())
 
     def fit(self, resume: bool = False) -> TrainResult:
+        """Train (or continue, ``resume``) into the run folder, which is locked meanwhile;
+        a folder holding another run is refused unless the trainer was built with
+        ``overwrite=True`` (see :func:`wsol.runs.prepare_run_folder`)."""
+        prepare_run_folder(self.run_dir, resume=resume, overwrite=self.overwrite)
+        with RunLock(self.run_dir):
+            return self._fit(resume)
+
+    def _fit(self, resume: bool) -> TrainResult:
         cfg = self.cfg
         seed_everything(cfg.seed)
         method, info = build_model(cfg)
@@ -186,6 +198,11 @@ class Trainer:
                     f"{checkpoint_path(self.run_dir, LAST)}: the run was trained with another config; "
                     "resume with the run's own config.yaml (only optim.epochs may change), "
                     "or train into a new run_dir"
+                )
+            if cfg.optim.epochs < int(ck["epoch"]) + 1:
+                raise CheckpointError(
+                    f"{self.run_dir}: already trained {int(ck['epoch']) + 1} epochs; --resume can only extend a run "
+                    f"(optim.epochs={cfg.optim.epochs} is fewer)"
                 )
             method.load_state_dict(ck["model"])
             opt.load_state_dict(ck["optimizer"])
@@ -279,9 +296,12 @@ class Trainer:
 
 
 def _resume_key(config_yaml: str) -> dict:
-    """A config as compared on --resume: everything but optim.epochs (a run may be extended)."""
+    """A config as compared on --resume: everything but optim.epochs (a run may be
+    extended), the run folder and the data root (a run folder or its data may move)."""
     data = yaml.safe_load(config_yaml) or {}
     data.get("optim", {}).pop("epochs", None)
+    data.pop("run_dir", None)
+    data.get("data", {}).pop("root", None)
     return data
 
 
