@@ -3,6 +3,7 @@ and its schedule, region-size constraints. Functions take tensors and return ten
 nothing here knows about a network."""
 
 from wsol.losses.barrier import BarrierSchedule, extended_log_barrier
+from wsol.losses.crf import crf_loss
 from wsol.losses.entropy import (
     cross_entropy_to_uniform,
     entropy,
@@ -15,6 +16,7 @@ from wsol.losses.size import absolute_size_constraint, region_size, size_bounds_
 
 __all__ = [
     "BarrierSchedule",
+    "crf_loss",
     "absolute_size_constraint",
     "cross_entropy_to_uniform",
     "entropy",
