@@ -23,14 +23,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 import torchvision
 
 from wsol.explain import ISCAM, SSCAM, GradCAM, LayerCAM, ScoreCAM, XGradCAM
-
 
 Entry = tuple[Callable[[], Any], Callable[[Any], object]]  # (make context, run with it)
 

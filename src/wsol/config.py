@@ -7,10 +7,10 @@ in one line (see :func:`format_validation_error`).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
-
-import re
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -215,7 +215,7 @@ def deep_merge(base: dict, update: dict) -> dict:
 
 
 def load_config(
-    paths: str | Path | list[str | Path] | None = None, overrides: list[str] | None = None
+    paths: str | Path | Sequence[str | Path] | None = None, overrides: list[str] | None = None
 ) -> RunConfig:
     """Load and validate a run config from one or several YAML files merged in order (e.g. a
     dataset file then a method file), then apply ``--set a.b=c`` overrides."""

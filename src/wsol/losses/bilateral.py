@@ -115,7 +115,7 @@ class ExactGaussian:
     def __init__(self, features: torch.Tensor, max_entries: int = 2**18) -> None:
         _check_features(features)
         self.features = features.detach()
-        self.shape = tuple(features.shape[:2])
+        self.shape = (int(features.shape[0]), int(features.shape[1]))
         self.max_entries = max_entries
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:

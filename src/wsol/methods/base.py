@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 import torch
 import torch.nn as nn
@@ -78,11 +78,15 @@ class Method(nn.Module, ABC, Generic[P]):
         self.backbone_cfg = backbone
         self.num_classes = num_classes
 
-    @property
-    def binary_threshold(self) -> float | None:
-        """The threshold of the method's own binary mask (MAXMIN: σ), used for F1±; None: 0.5.
-        Methods with such a mask override this property."""
-        return None
+    #: the threshold of the method's own binary mask (MAXMIN: σ), used for F1±; None: 0.5.
+    #: Typed as a read-only property so that subclasses may override it with one (MaxMin);
+    #: at run time it stays a plain class attribute, so a subclass may also set it in __init__.
+    if TYPE_CHECKING:
+        @property
+        def binary_threshold(self) -> float | None:
+            return None
+    else:
+        binary_threshold = None
 
     # --- the contract -------------------------------------------------------------
     @abstractmethod

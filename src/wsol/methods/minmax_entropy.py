@@ -236,11 +236,14 @@ class MinMaxEntropy(Method):
         self.head = build_wildcat(params, self.backbone.out_channels, num_classes)
         self.cls_backbone = None if params.share_backbone else build_backbone(backbone)
         self.cls_head = build_wildcat(params, self.backbone.out_channels, num_classes)
-        # R+ ≥ 0.5 ⇔ T̂↑ ≥ σ0: F1± of the graded map at σ0 are those of the paper's mask
-        # binarised at 0.5 (B.2)
-        self.binary_threshold = float(params.sigma0)
         self.depth = 0
         self.on_epoch_start(0)
+
+    @property
+    def binary_threshold(self) -> float:
+        """R+ ≥ 0.5 ⇔ T̂↑ ≥ σ0: F1± of the graded map at σ0 are those of the paper's mask
+        binarised at 0.5 (B.2)."""
+        return float(self.params.sigma0)
 
     # --- the two networks --------------------------------------------------------------
     def localizer(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
