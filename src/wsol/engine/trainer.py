@@ -313,6 +313,6 @@ def _tensorboard(path: Path):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is a dependency; stay usable without it
-        log.warning("tensorboard not installed; logging to CSV only")
+        log.warning("tensorboard not installed (pip install 'wsol[tb]'); logging to CSV only")
         return None
     return SummaryWriter(str(path))

@@ -46,6 +46,8 @@ class Slide:
 
                 self._slide = openslide.OpenSlide(str(self.path))
             else:
+                if importlib.util.find_spec("tiffslide") is None:
+                    raise DataError("reading whole-slide images needs tiffslide: pip install 'wsol[wsi]'")
                 import tiffslide
 
                 self._slide = tiffslide.TiffSlide(str(self.path))
