@@ -36,7 +36,7 @@ from wsol.cams import model_logits, to_cam
 from wsol.data.sample import Batch
 from wsol.engine.selection import selection_score  # noqa: F401  (re-exported: B-LOC score)
 from wsol.errors import MetricError
-from wsol.metrics import BoxAccumulator, ClassificationAccumulator, PixelAccumulator
+from wsol.metrics import BoxAccumulator, ClassificationAccumulator, PixelAccumulator, weight_map_scores
 from wsol.metrics.pixel import validate_cams
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class Evaluator:
     ``binary_threshold`` (MAXMIN: σ) when it localises with its own maps, else 0.5."""
 
     def __init__(self, model: torch.nn.Module, *, loc_kind: Literal["mask", "box"], device: torch.device,
-                 localizer: Localizer | None = None, localize: bool = True):
+                 localizer: Localizer | None = None, localize: bool = True, label_free_s: bool = False):
         if loc_kind not in ("mask", "box"):
             raise MetricError(f"Evaluator: loc_kind must be 'mask' or 'box', got {loc_kind!r}")
         own = getattr(model, "localize", None)
@@ -102,6 +102,9 @@ class Evaluator:
         if localize and self.localizer is None:
             raise MetricError("Evaluator: the model has no localize(images, targets); pass a localizer")
         self.model, self.loc_kind, self.device, self.localize = model, loc_kind, device, localize
+        # the weight map's label-free score S (weight-map-wsol Eqs. 5-6) over every localised
+        # image, labelled or not (the box accumulator's S covers images with a GT box only)
+        self.label_free_s = label_free_s and localize
         self.own_maps = localizer is None
         threshold = getattr(model, "binary_threshold", None) if self.own_maps else None
         self.f1_tau = 0.5 if threshold is None else float(threshold)
@@ -120,6 +123,7 @@ class Evaluator:
         cls_acc = ClassificationAccumulator()
         pix = PixelAccumulator(region_tau=tau, f1_tau=self.f1_tau) if localize and self.loc_kind == "mask" else None
         box = BoxAccumulator() if localize and self.loc_kind == "box" else None
+        s_sum, s_n = 0.0, 0
         items: list[dict[str, Any]] = []
         was_training = model.training
         model.eval()
@@ -132,6 +136,9 @@ class Evaluator:
                     logits = model_logits(model(images)).detach()
                 cls_acc.update(logits, labels)
                 cams = self.cams(images, labels) if localize else None
+                if self.label_free_s and cams is not None:
+                    s = weight_map_scores(cams)
+                    s_sum, s_n = s_sum + float(s.sum()), s_n + len(s)
                 if pix is not None and cams is not None:
                     _update_pixels(pix, cams, batch, n, eval_size)
                 elif box is not None and cams is not None:
@@ -150,6 +157,8 @@ class Evaluator:
         if box is not None:
             metrics.update(box.compute())
             curves = box.curves()
+        if s_n:
+            metrics["weight_map_score_s"] = s_sum / s_n
         log.debug("evaluated %d images (%s, localize=%s): %s", metrics["n_images"], self.loc_kind, localize, metrics)
         return EvalResult(metrics=metrics, curves=curves, gallery=items)
 

@@ -63,7 +63,10 @@ def evaluate_run(
     run = loaded or load_run(run_dir, checkpoint)
     cfg, method = run.data_config, run.method
     localizer = localizer_factory(method) if localizer_factory is not None else None
-    ev = Evaluator(method, loc_kind=run.loc_kind, device=run.device, localizer=localizer)
+    from wsol.engine.selection import SELECTION
+
+    label_free_s = any(SELECTION.get(c).label_free_s for c in run.info.selection if c in SELECTION)
+    ev = Evaluator(method, loc_kind=run.loc_kind, device=run.device, localizer=localizer, label_free_s=label_free_s)
     tau_star = None
     if split != "valpx":
         loader = make_loader(cfg, "valpx", train=False)

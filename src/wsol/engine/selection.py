@@ -30,6 +30,8 @@ class Criterion:
     score: Callable[[dict[str, Any], str, str | None], float]
     ties: Literal["first", "last"] = "first"
     description: str = ""
+    #: the split must be scored with the label-free weight-map score S (Evaluator option)
+    label_free_s: bool = False
 
     def better(self, score: float, best: float) -> bool:
         return score > best if self.ties == "first" else score >= best
@@ -65,5 +67,19 @@ SELECTION: Registry[Criterion] = Registry("selection criterion")
 SELECTION.add("best_loc", Criterion("best_loc", "valpx", selection_score, "first",
                                     "B-LOC: localisation on valpx (PxAP / MaxBoxAccV2)"))
 SELECTION.add("best_cls", Criterion("best_cls", "valcl", _accuracy, "last", "B-CL: accuracy on valcl"))
+
+
+def _weight_map_s(metrics: dict[str, Any], loc_kind: str, metric: str | None = None) -> float:
+    """The weight map's label-free early-stopping score: mean S (weight-map-wsol Eqs. 5-6)."""
+    if "weight_map_score_s" not in metrics:
+        raise MetricError("selection best_s: the metrics lack 'weight_map_score_s' (mean S, weight-map-wsol Eq. 6); "
+                          "evaluate the split with localisation and label_free_s")
+    return float(metrics["weight_map_score_s"])
+
+
+# weight map (weight-map-wsol §3 "Early stopping"): the epoch with the highest mean S over the
+# validation images, no pixel or box label used; on ties the later one (g refines while S holds)
+SELECTION.add("best_s", Criterion("best_s", "valpx", _weight_map_s, "last",
+                                  "weight map: mean label-free score S (Eqs. 5-6) on valpx", label_free_s=True))
 
 DEFAULT_CRITERIA = ("best_loc", "best_cls")

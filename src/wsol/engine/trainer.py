@@ -279,7 +279,8 @@ class Trainer:
         metrics: dict[str, dict[str, Any]] = {}
         for split, loader in loaders.items():
             self.cb.on_stage(split, len(loader.dataset))  # type: ignore[arg-type]
-            ev = Evaluator(method, loc_kind=info.loc_kind, device=self.device, localize=split == "valpx")
+            ev = Evaluator(method, loc_kind=info.loc_kind, device=self.device, localize=split == "valpx",
+                           label_free_s=any(c.label_free_s and c.split == split for c in criteria))
             metrics[split] = ev.run(loader, progress=self.cb.on_advance).metrics
         for c in criteria:
             score = float(c.score(metrics[c.split], info.loc_kind, self.cfg.eval.selection_metric))

@@ -23,8 +23,11 @@ METHODS: Registry = Registry("method", {
     "negev": "wsol.methods.negev:NEGEV",
     "pn": "wsol.methods.pn:PN",
     "prm": "wsol.methods.prm:PRM",
+    "siamese": "wsol.methods.siamese:Siamese",
     "spg": "wsol.methods.spg:SPG",
     "tscam": "wsol.methods.tscam:TSCAM",
+    "weightmap": "wsol.methods.weightmap:WeightMap",
+    "weightmap_siamese": "wsol.methods.weightmap_siamese:WeightMapSiamese",
     "wildcat": "wsol.methods.wildcat:Wildcat",
 }, field="model.method.name")
 

@@ -108,7 +108,7 @@ Reference implementation
     is used by the tests and ``benchmarks/bench_metrics.py`` to cross-check the fast path.
 """
 
-from wsol.metrics.boxes import BoxAccumulator, box_iou, box_metrics, rescale_boxes, weight_map_box
+from wsol.metrics.boxes import BoxAccumulator, box_iou, box_metrics, rescale_boxes, weight_map_box, weight_map_scores
 from wsol.metrics.classification import ClassificationAccumulator
 from wsol.metrics.distributed import all_reduce_accumulator
 from wsol.metrics.pixel import (
@@ -136,4 +136,5 @@ __all__ = [
     "threshold_grid",
     "validate_cams",
     "weight_map_box",
+    "weight_map_scores",
 ]

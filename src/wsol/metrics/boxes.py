@@ -305,3 +305,14 @@ def box_metrics(cams: Any, gt_boxes: Sequence[Any], preds: Any = None, targets: 
     acc = BoxAccumulator()
     acc.update(torch.as_tensor(cams), gt_boxes, None if preds is None else torch.as_tensor(preds), targets)
     return acc.compute()
+
+
+def weight_map_scores(cams: torch.Tensor) -> torch.Tensor:
+    """Per-image score S of Eq. 6 for maps B×H×W (float64, B): M̂ = M with values below
+    τ = max(M)/10 set to zero (Eq. 5), box of the largest contour of M̂ (OpenCV border
+    following, [39]), S = Σ M̂ inside the box / Σ M̂ (1 for an all-zero map). Uses no
+    label; via :func:`weight_map_box`."""
+    if cams.dim() != 3:
+        raise MetricError(f"weight_map_scores: expected B×H×W maps, got shape {tuple(cams.shape)}")
+    arr = cams.detach().float().cpu().numpy()
+    return torch.tensor([weight_map_box(m)[1] for m in arr], dtype=torch.float64)
