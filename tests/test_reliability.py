@@ -202,3 +202,50 @@ def test_cam_outputs_of_same_named_inputs_do_not_collide(run, tiny_data, tmp_pat
 def test_square_brackets_in_messages_survive(tmp_path, capsys):
     assert main(["evaluate", str(tmp_path / "scan[b]01")]) == 2
     assert "scan[b]01" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions; covered by the ENOSPC case below")
+def test_read_only_run_folder_is_one_line(run, tmp_path, capsys):
+    victim = tmp_path / "run"
+    shutil.copytree(run, victim)
+    for p in [victim, *victim.rglob("*")]:
+        if p.is_dir():
+            p.chmod(0o555)
+    try:
+        assert main(["evaluate", str(victim), "--split", "valpx"]) == 2
+        assert "cannot write" in capsys.readouterr().err
+    finally:
+        for p in [victim, *victim.rglob("*")]:
+            if p.is_dir():
+                p.chmod(0o755)
+
+
+def test_full_disk_is_a_clear_error_and_leaves_no_temporary(tmp_path, monkeypatch):
+    import errno
+
+    from wsol import fileio
+
+    (tmp_path / "keep.json").write_text("old")
+
+    def full(fd, *a, **k):
+        os.close(fd)
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fdopen", full)
+    with pytest.raises(WSOLError, match="keep.json: the disk is full"):
+        fileio.atomic_write_text(tmp_path / "keep.json", "new")
+    assert (tmp_path / "keep.json").read_text() == "old"
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path, capsys):
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"]
+    for i in range(1, 9):
+        lines.append(f"{'abcdefghi'[i]}: &{'abcdefghi'[i]} [" + ", ".join([f"*{'abcdefghi'[i - 1]}"] * 9) + "]")
+    lines.append("seed: *i")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\n")
+    assert len(bomb.read_bytes()) < 1000
+    assert main(["train", "-c", str(bomb)]) == 2
+    err = capsys.readouterr().err
+    assert "aliases" in err and len(err) < 500

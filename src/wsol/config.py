@@ -101,9 +101,34 @@ class RunConfig(_Strict):
     eval: EvalConfig = EvalConfig()
 
 
+MAX_YAML_BYTES = 1 << 20
+MAX_YAML_NODES = 100_000
+
+
 class _YamlLoader(yaml.SafeLoader):
     """SafeLoader that also reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 rules need
-    ``1.0e-3``), since strict types no longer coerce the string."""
+    ``1.0e-3``), since strict types no longer coerce the string, and that refuses alias
+    bombs (a few hundred bytes of nested ``*alias`` expanding to gigabytes): the document's
+    size with every alias expanded is computed on the node graph (memoised, so cheap) and
+    bounded by ``MAX_YAML_NODES``."""
+
+    def compose_document(self):  # type: ignore[no-untyped-def]
+        node = super().compose_document()
+        sizes: dict[int, int] = {}
+
+        def size(n: yaml.Node) -> int:
+            if id(n) not in sizes:
+                sizes[id(n)] = 1  # a cycle counts once
+                if isinstance(n, yaml.SequenceNode):
+                    sizes[id(n)] = 1 + sum(size(c) for c in n.value)
+                elif isinstance(n, yaml.MappingNode):
+                    sizes[id(n)] = 1 + sum(size(k) + size(v) for k, v in n.value)
+            return sizes[id(n)]
+
+        if node is not None and size(node) > MAX_YAML_NODES:
+            raise ConfigError(f"config: the YAML expands to more than {MAX_YAML_NODES} values through its aliases "
+                              "(*name); write the values out instead of nesting aliases")
+        return node
 
 
 _YamlLoader.add_implicit_resolver(
@@ -114,7 +139,10 @@ _YamlLoader.add_implicit_resolver(
 
 
 def yaml_load(text: str):
-    """``yaml.safe_load`` with the float rule above (never constructs Python objects)."""
+    """``yaml.safe_load`` with the float rule and the alias bound above (never constructs
+    Python objects)."""
+    if len(text) > MAX_YAML_BYTES:
+        raise ConfigError(f"config: {len(text)} characters of YAML; a config is at most {MAX_YAML_BYTES}")
     return yaml.load(text, Loader=_YamlLoader)  # noqa: S506 — a SafeLoader subclass
 
 
@@ -128,7 +156,9 @@ def format_validation_error(err: ValidationError, source: str = "config") -> str
         else:
             msg = e["msg"]
         got = e.get("input")
-        got_s = "" if isinstance(got, dict) else f" (got {got!r})"
+        shown = repr(got)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."  # never print a huge (expanded) value
+        got_s = "" if isinstance(got, dict) else f" (got {shown})"
         parts.append(f"{loc}: {msg}{got_s}")
     return f"{source}: " + "; ".join(parts)
 
