@@ -37,7 +37,8 @@ from wsol.errors import DataError
 
 PS = 128
 PINK = (230, 150, 200)
-FAST = dict(patch_size=PS, level_tissue=6, pn=0.5, fractions=(1.0, 0.0, 0.0), workers=1)
+# the random slide split (explicit since the official split became the default): every slide in train
+FAST = dict(patch_size=PS, level_tissue=6, pn=0.5, split="random", fractions=(1.0, 0.0, 0.0), workers=1)
 
 
 def write_slide(path: Path, img: np.ndarray) -> None:
@@ -235,7 +236,7 @@ def test_second_run_returns_finished_folder(prepared):
 
 def test_wsi_level_split_deterministic_and_worker_independent(tmp_path):
     wsi, ann = make_dataset(tmp_path, n_tumour=4, n_normal=4)
-    kw = dict(patch_size=PS, level_tissue=6, pn=0.5, valpx_per_class=2)
+    kw = dict(patch_size=PS, level_tissue=6, pn=0.5, valpx_per_class=2, split="random")
     a = prepare_camelyon16(wsi, ann, tmp_path / "a", seed=7, workers=1, **kw)
     b = prepare_camelyon16(wsi, ann, tmp_path / "b", seed=7, workers=2, **kw)
     for split in ("train", "valcl", "valpx", "test"):

@@ -24,7 +24,7 @@ def png(path: Path, arr: np.ndarray) -> Path:
 @pytest.fixture()
 def files(tmp_path: Path) -> dict[str, Path]:
     m = np.zeros((3, 4), np.uint8)
-    m[0, :2] = 200  # any non-zero value is ROI
+    m[0, :2] = 255  # a 0/255 mask: 255 is ROI (other grey levels are refused, see test_data_reliability)
     ign = np.zeros((3, 4), np.uint8)
     ign[:, 3] = 1
     return {"image": png(tmp_path / "i.png", np.full((3, 4, 3), 51, np.uint8)), "mask": png(tmp_path / "m.png", m),

@@ -32,7 +32,7 @@ def mask_root(tmp_path: Path) -> Path:
     m1a = np.zeros((6, 8), np.uint8)
     m1a[0, 0] = 1
     m1b = np.zeros((6, 8), np.uint8)
-    m1b[5, 7] = 200
+    m1b[5, 7] = 255
     ign = np.zeros((6, 8), np.uint8)
     ign[3, :] = 255
     png(tmp_path / "mask/0.png", m0)

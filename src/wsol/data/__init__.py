@@ -24,6 +24,8 @@ _EXPORTS = {
     "MaskSource": "wsol.data.records",
     "Record": "wsol.data.records",
     "RecordDataset": "wsol.data.records",
+    "check_labels": "wsol.data.records",
+    "label_errors": "wsol.data.records",
     "load_sample": "wsol.data.records",
     # registry
     "DATASETS": "wsol.data.registry",
@@ -63,12 +65,14 @@ __all__ = [
     "available_datasets",
     "build_dataset",
     "build_transform",
+    "check_labels",
     "check_split",
     "collate",
     "describe_dataset",
     "embedded_datasets",
     "ensure_dataset",
     "get_dataset",
+    "label_errors",
     "load_sample",
     "register_dataset",
     "synthesize",
@@ -99,6 +103,8 @@ if TYPE_CHECKING:  # what static checkers see
         MaskSource,
         Record,
         RecordDataset,
+        check_labels,
+        label_errors,
         load_sample,
     )
     from wsol.data.registry import (

@@ -36,9 +36,8 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 
 from wsol.data.problems import LocatedError
-from wsol.data.records import MaskDecoder, MaskFile, Record, load_binary
+from wsol.data.records import MaskDecoder, MaskFile, Record, combine_masks, image_size, label_errors, read_mask
 from wsol.data.registry import SPLITS
-from wsol.data.sample import IGNORE
 from wsol.errors import DataError
 
 
@@ -60,7 +59,7 @@ def safe_relpath(rel: str, where: str, what: str) -> PurePosixPath:
 def _rows(path: Path, ncols: Sequence[int], expected: str) -> Iterable[tuple[str, list[str]]]:
     """Yield ("file:line", columns) for every non-blank line, checking the column count."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Windows editors) is accepted
     except UnicodeDecodeError as e:
         raise LocatedError(path, f"not a UTF-8 text file ({e})") from None
     for i, line in enumerate(text.splitlines(), start=1):
@@ -99,25 +98,49 @@ def _known(image_id: str, ids: dict[str, str], where: str, ids_file: Path) -> No
                                   "every id must appear in image_ids.txt")
 
 
-def or_masks(mask_paths: tuple[Path, ...], ignore_paths: tuple[Path, ...], source: str = "") -> np.ndarray:
-    """Union of several binary masks (1 = ROI), with the union of the ignore masks set to 255."""
-    rec = Record(image_id="", image_path=Path(), label=0, source=source)
-    mask = None
-    for p in mask_paths:
-        m = load_binary(p, rec)
-        if mask is not None and m.shape != mask.shape:
-            raise LocatedError(p, f"mask is {m.shape[1]}×{m.shape[0]} but {mask_paths[0]} is "
-                                  f"{mask.shape[1]}×{mask.shape[0]} (listed at {source}); masks of one image must agree")
-        mask = m if mask is None else (mask | m)
-    assert mask is not None
-    out = mask.astype(np.uint8)
+def _wh(shape: tuple[int, ...]) -> str:
+    return f"{shape[1]}×{shape[0]}"
+
+
+def _disagreeing_mask(paths: tuple[Path, ...], masks: list[np.ndarray], image_path: Path | None,
+                      rec: Record) -> LocatedError:
+    """The error for masks of one image with different sizes, at the mask that disagrees with
+    the image (with the first mask when the image is unknown)."""
+    source = rec.source
+    if image_path is None:
+        i = next(k for k, m in enumerate(masks) if m.shape != masks[0].shape)
+        return LocatedError(paths[i], f"mask is {_wh(masks[i].shape)} but {paths[0]} is {_wh(masks[0].shape)} "
+                                      f"(listed at {source}); masks of one image must agree")
+    w, h = image_size(image_path, rec)
+    bad = [k for k, m in enumerate(masks) if m.shape != (h, w)]
+    good = [k for k, m in enumerate(masks) if m.shape == (h, w)]
+    i = bad[0]
+    if good:
+        j = good[0]
+        return LocatedError(paths[i], f"mask is {_wh(masks[i].shape)} but {paths[j]} is {_wh(masks[j].shape)}, as "
+                                      f"is the image {image_path} (listed at {source}); masks must have the "
+                                      "image's size")
+    return LocatedError(paths[i], f"mask is {_wh(masks[i].shape)} (W×H) but image {image_path} is {w}×{h} "
+                                  f"(listed at {source}); masks must have the image's size")
+
+
+def or_masks(mask_paths: tuple[Path, ...], ignore_paths: tuple[Path, ...], source: str = "",
+             image_path: Path | None = None) -> np.ndarray:
+    """Union of several masks (1 = ROI) with the union of the ignore regions minus the ROI set
+    to 255 (wsolevaluation ``evaluation.get_mask``). Masks of different sizes: the error names
+    the mask that disagrees with the image (``image_path``) first."""
+    rec = Record(image_id="", image_path=image_path or Path(), label=0, source=source)
+    masks = [read_mask(p, rec) for p in mask_paths]
+    if len({m.shape for m in masks}) > 1:
+        raise _disagreeing_mask(mask_paths, masks, image_path, rec)
+    ignores = []
     for p in ignore_paths:
-        ign = load_binary(p, rec)
-        if ign.shape != out.shape:
+        ign = read_mask(p, rec, what="ignore mask")
+        if ign.shape != masks[0].shape:
             raise LocatedError(p, f"ignore mask is {ign.shape[1]}×{ign.shape[0]} but the mask is "
-                                  f"{out.shape[1]}×{out.shape[0]} (listed at {source})")
-        out[ign] = IGNORE
-    return out
+                                  f"{masks[0].shape[1]}×{masks[0].shape[0]} (listed at {source})")
+        ignores.append(ign)
+    return combine_masks(masks, ignores)
 
 
 def _read_localization(path: Path, ids: dict[str, str], ids_file: Path, sizes: dict[str, tuple[int, int]],
@@ -243,7 +266,8 @@ def read_metadata(root: str | Path, split: str, images_root: str | Path | None =
             if len(mpaths) == 1 and len(ipaths) <= 1:
                 rec.mask = MaskFile(mpaths[0], ipaths[0] if ipaths else None)
             else:
-                rec.mask = MaskDecoder(functools.partial(or_masks, mpaths, ipaths, rows[0][2]))
+                rec.mask = MaskDecoder(functools.partial(or_masks, mpaths, ipaths, rows[0][2], rec.image_path),
+                                       files=mpaths + ipaths)
         records.append(rec)
     return records
 
@@ -255,7 +279,11 @@ def read_class_names(root: str | Path, metadata_root: str | Path | None = None,
     mroot = Path(metadata_root) if metadata_root is not None else Path(root) / "metadata"
     f = mroot / "class_names.txt"
     if f.is_file():
-        names = [line.strip() for line in f.read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = f.read_text(encoding="utf-8-sig")  # a byte-order mark is accepted
+        except UnicodeDecodeError as e:
+            raise LocatedError(f, f"not a UTF-8 text file ({e})") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
         if not names:
             raise LocatedError(f, "empty; expected one class name per line")
         return names
@@ -363,13 +391,11 @@ def write_class_names(root: str | Path, names: Sequence[str], metadata_root: str
 
 
 def check_labels(records: list[Record], class_names: list[str]) -> list[Record]:
-    """Every label indexes ``class_names``; else a LocatedError naming the class_labels.txt line."""
-    for rec in records:
-        if not 0 <= rec.label < len(class_names):
-            where = rec.extra.get("label_source", rec.source)
-            raise LocatedError(where, f"class label {rec.label} is out of range; expected 0..{len(class_names) - 1} "
-                                      f"({len(class_names)} classes: {', '.join(class_names[:10])}"
-                                      f"{', ...' if len(class_names) > 10 else ''})")
+    """Every label indexes ``class_names``; else the first problem (a LocatedError naming the
+    class_labels.txt line), from :func:`wsol.data.records.label_errors`."""
+    errors = label_errors(records, len(class_names), class_names=class_names)
+    if errors:
+        raise errors[0]
     return records
 
 

@@ -105,7 +105,8 @@ def parse_options(Options: type[BaseModel], options: Mapping[str, Any] | BaseMod
     try:
         return Options.model_validate(nest_options(dict(options or {})))
     except ValidationError as e:
-        msg = format_validation_error(e, FIELD)
+        # a check across fields (an option the others make inert) names its field in its text
+        msg = format_validation_error(e, FIELD).replace(f"{FIELD}: <root>: ", f"{FIELD}: ")
         for err in e.errors():
             if err["type"] == "extra_forbidden":
                 section = _model_at(Options, tuple(err["loc"][:-1]))

@@ -76,7 +76,7 @@ class DatasetSpec:
     paper: str = ""
     Options: type[BaseModel] = NoOptions
 
-    #: ``synthesize(out, n=None, size=None, seed=0) -> out`` for sets wsol writes itself
+    #: ``synthesize(out, n=None, size=None, seed=0, overwrite=False) -> out`` for sets wsol writes itself
     #: (:class:`~wsol.data.embedded.base.EmbeddedSpec`); None for read-only formats
     synthesize: ClassVar[Callable[..., Path] | None] = None
 
@@ -138,8 +138,9 @@ def check_split(split: str) -> str:
 def build_dataset(cfg: DataConfig, split: str, train: bool = False, keep_original: bool = False) -> RecordDataset:
     """The split as a torch Dataset of transformed Samples (training augmentation when
     ``train``; evaluation transform — a plain resize — otherwise). ``keep_original``: also
-    carry the labels at each image's original size (see RecordDataset)."""
-    from wsol.data.records import RecordDataset
+    carry the labels at each image's original size (see RecordDataset). Labels outside the
+    class list are a DataError naming their line (:func:`wsol.data.records.check_labels`)."""
+    from wsol.data.records import RecordDataset, check_labels
     from wsol.data.transforms import build_transform
 
     spec = get_dataset(cfg.name)
@@ -147,5 +148,6 @@ def build_dataset(cfg: DataConfig, split: str, train: bool = False, keep_origina
     split = check_split(split)
     options = spec.validate(cfg.options)
     records = spec.list_records(root, split, options)
-    return RecordDataset(records, build_transform(cfg, train), spec.class_names(root, options),
-                         keep_original=keep_original)
+    class_names = spec.class_names(root, options)
+    check_labels(records, len(class_names), split, class_names)  # before any batch: the same check as verify's
+    return RecordDataset(records, build_transform(cfg, train), class_names, keep_original=keep_original)

@@ -12,6 +12,7 @@ labels in ``valpx`` / ``test`` and empty splits are warnings (evaluation needs t
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Literal
 from PIL import Image
 
 from wsol.data.problems import LocatedError, located
-from wsol.data.records import MaskFile, Record, load_sample
+from wsol.data.records import MaskFile, Record, bomb_error, label_errors, load_sample
 from wsol.data.registry import SPLITS, get_dataset
 from wsol.errors import ConfigError, WSOLError
 
@@ -93,8 +94,12 @@ def _check_record(rec: Record) -> None:
     for p in rec.files():
         if Path(p).is_file():
             try:
-                with Image.open(p) as im:
-                    im.verify()
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", Image.DecompressionBombWarning)
+                    with Image.open(p) as im:
+                        im.verify()
+            except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+                raise bomb_error(Path(p), e, "image" if p == rec.image_path else "mask", rec) from None
             except Exception as e:  # PIL raises many types on corrupt files
                 raise LocatedError(p, f"corrupt file ({type(e).__name__}: {e}) (listed at {rec.source}); "
                                       "re-download it or remove it from the split") from None
@@ -162,11 +167,9 @@ def verify_dataset(name: str, root: Path, options: dict | None = None, *, decode
             add(Problem("warning", split, "", f"split {split} is empty"))
         for r in recs:
             done += 1
-            bad_label = not (0 <= int(r.label) < len(classes)) if classes else False
-            if bad_label:
-                add(Problem("error", split, r.source, f"{r.source}: label {r.label} of {r.image_id!r} is outside "
-                            f"0..{len(classes) - 1} ({len(classes)} classes); fix the label or the class list",
-                            r.image_id))
+            # the same check as training's (wsol.data.records.check_labels)
+            for bad in label_errors([r], len(classes), class_names=classes) if classes else []:
+                add(Problem("error", split, r.source, str(bad), r.image_id))
             mask_file = r.mask.path if isinstance(r.mask, MaskFile) else None
             key = (r.image_id, str(r.image_path), str(mask_file))
             if decode and key not in decoded:  # valpx usually repeats valcl: decode (and report) once

@@ -23,15 +23,13 @@ Written in the wsolevaluation metadata layout, like the synthetic sets.
 from __future__ import annotations
 
 import logging
-import shutil
-import tempfile
 from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy import ndimage
 
-from wsol.data.embedded.base import embedded_spec, install_set, write_png
+from wsol.data.embedded.base import embedded_spec, finish_set, require_empty, write_png
 from wsol.data.metadata import MetaEntry
 from wsol.data.registry import SPLITS
 from wsol.errors import ConfigError, DataError
@@ -112,35 +110,30 @@ def build_ihc_dab(out: str | Path, n: int | None = None, size: int | None = None
     roi = dab_mask(rgb)
     frac = tile_fractions(roi, patch)
     tiles = select_tiles(frac, seed)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".ihc-", dir=out))
-    try:
-        entries: dict[str, list[MetaEntry]] = {s: [] for s in SPLITS}
-        for split in ("train", "valcl", "test"):
-            for sub in ("images", "masks"):
-                (tmp / sub / split).mkdir(parents=True)
-            for r, c, label in tiles[split]:
-                y, x = r * patch, c * patch
-                stem = f"r{y:03d}_c{x:03d}"
-                img_rel, mask_rel = f"images/{split}/{stem}.png", f"masks/{split}/{stem}.png"
-                mask = roi[y:y + patch, x:x + patch].astype(np.uint8)
-                if label == 0:
-                    mask[:] = 0  # a negative tile has an all-zero mask
-                write_png(tmp / img_rel, rgb[y:y + patch, x:x + patch])
-                write_png(tmp / mask_rel, mask * 255)
-                entries[split].append(MetaEntry(img_rel, label, (patch, patch), masks=[(mask_rel, None)]))
-        valcl = {e.image_id: e for e in entries["valcl"]}
-        entries["valpx"] = [valcl[f"images/valcl/r{r * patch:03d}_c{c * patch:03d}.png"] for r, c, _ in tiles["valpx"]]
-        info = {
-            "name": "ihc-dab", "seed": seed, "patch": patch, "classes": CLASSES, "loc": "mask",
-            "counts": {s: len(entries[s]) for s in SPLITS},
-            "roi": "stain-derived (DAB by colour deconvolution, Otsu, morphology), not a pathologist's annotation",
-            "source": "skimage.data.immunohistochemistry()",
-        }
-        install_set(tmp, out, entries, CLASSES, info)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    out = require_empty(Path(out))
+    entries: dict[str, list[MetaEntry]] = {s: [] for s in SPLITS}
+    for split in ("train", "valcl", "test"):
+        for sub in ("images", "masks"):
+            (out / sub / split).mkdir(parents=True)
+        for r, c, label in tiles[split]:
+            y, x = r * patch, c * patch
+            stem = f"r{y:03d}_c{x:03d}"
+            img_rel, mask_rel = f"images/{split}/{stem}.png", f"masks/{split}/{stem}.png"
+            mask = roi[y:y + patch, x:x + patch].astype(np.uint8)
+            if label == 0:
+                mask[:] = 0  # a negative tile has an all-zero mask
+            write_png(out / img_rel, rgb[y:y + patch, x:x + patch])
+            write_png(out / mask_rel, mask * 255)
+            entries[split].append(MetaEntry(img_rel, label, (patch, patch), masks=[(mask_rel, None)]))
+    valcl = {e.image_id: e for e in entries["valcl"]}
+    entries["valpx"] = [valcl[f"images/valcl/r{r * patch:03d}_c{c * patch:03d}.png"] for r, c, _ in tiles["valpx"]]
+    info = {
+        "name": "ihc-dab", "seed": seed, "patch": patch, "classes": CLASSES, "loc": "mask",
+        "counts": {s: len(entries[s]) for s in SPLITS},
+        "roi": "stain-derived (DAB by colour deconvolution, Otsu, morphology), not a pathologist's annotation",
+        "source": "skimage.data.immunohistochemistry()",
+    }
+    finish_set(out, entries, CLASSES, info)
     return out
 
 
@@ -149,4 +142,5 @@ IHC_DAB = embedded_spec(
     description="real IHC tissue tiles (skimage's immunohistochemistry image); ROI = DAB-positive tissue, a "
                 "stain-derived mask (not a pathologist's); positive tiles >= 20% ROI, negative tiles ~0%",
     paper="built like CAMELYON16-P512 (wsol-histology-survey appendix B), at toy scale",
+    default_size=32, takes_n=False,
 )

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +40,7 @@ import cv2
 import numpy as np
 from scipy import ndimage
 
-from wsol.data.embedded.base import embedded_spec, install_set, write_png
+from wsol.data.embedded.base import embedded_spec, finish_set, require_empty, write_png
 from wsol.data.metadata import MetaEntry
 from wsol.data.registry import SPLITS
 from wsol.errors import ConfigError
@@ -526,59 +524,54 @@ def _labels(rng: Rng, count: int, num_classes: int) -> np.ndarray:
 
 
 def generate(spec: Recipe, out: str | Path, n: int | None = None, size: int | None = None, seed: int = 0) -> Path:
-    """Generate the procedural dataset ``spec`` into ``out`` (images/, masks/, metadata/,
-    dataset.json). Files are generated in a temporary folder and moved into place,
-    metadata last, so an interrupted run leaves no metadata behind."""
+    """Generate the procedural dataset ``spec`` into ``out``, a new or empty folder (images/,
+    masks/, metadata/, dataset.json). Users go through :func:`wsol.data.synthesize`, which
+    writes into a temporary folder, adds the marker and swaps it into place."""
     n = spec.n if n is None else int(n)
     size = spec.size if size is None else int(size)
     if size < 16:
         raise ConfigError(f"synthesize: size={size} is too small; use size >= 16")
     ncls = len(spec.classes)
     counts = split_sizes(n, ncls)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out))
-    try:
-        entries: dict[str, list[MetaEntry]] = {}
-        fg = []
-        for split, count in counts.items():
-            labels = _labels(np.random.default_rng([seed, SPLIT_CODE[split], 99]), count, ncls)
-            (tmp / "images" / split).mkdir(parents=True)
-            (tmp / "masks" / split).mkdir(parents=True)
-            entries[split] = []
-            for i, label in enumerate(labels.tolist()):
-                rgb, mask = spec.render((seed, SPLIT_CODE[split], i), int(label), size)
-                stem = f"{split}_{i:05d}"
-                img_rel, mask_rel = f"images/{split}/{stem}.png", f"masks/{split}/{stem}.png"
-                write_png(tmp / img_rel, rgb)
-                write_png(tmp / mask_rel, mask * 255)
-                fg.append(float(mask.mean()))
-                boxes = None
-                if spec.loc == "box":
-                    ys, xs = np.nonzero(mask)
-                    boxes = [[float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]]
-                entries[split].append(MetaEntry(image_id=img_rel, label=int(label), size=(size, size), boxes=boxes,
-                                                masks=[(mask_rel, None)]))
-        # valpx: 3 pixel-labelled images per class taken from valcl (survey §3.3.1)
-        valpx = []
-        for c in range(ncls):
-            valpx += [e for e in entries["valcl"] if e.label == c][:3]
-        entries["valpx"] = valpx
-        info = {
-            "name": spec.name, "seed": seed, "n": n, "size": size, "classes": spec.classes, "loc": spec.loc,
-            "counts": {s: len(entries[s]) for s in SPLITS}, "foreground_fraction": float(np.mean(fg)),
-            "description": spec.description,
-        }
-        install_set(tmp, out, entries, spec.classes, info)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    out = require_empty(Path(out))
+    entries: dict[str, list[MetaEntry]] = {}
+    fg = []
+    for split, count in counts.items():
+        labels = _labels(np.random.default_rng([seed, SPLIT_CODE[split], 99]), count, ncls)
+        (out / "images" / split).mkdir(parents=True)
+        (out / "masks" / split).mkdir(parents=True)
+        entries[split] = []
+        for i, label in enumerate(labels.tolist()):
+            rgb, mask = spec.render((seed, SPLIT_CODE[split], i), int(label), size)
+            stem = f"{split}_{i:05d}"
+            img_rel, mask_rel = f"images/{split}/{stem}.png", f"masks/{split}/{stem}.png"
+            write_png(out / img_rel, rgb)
+            write_png(out / mask_rel, mask * 255)
+            fg.append(float(mask.mean()))
+            boxes = None
+            if spec.loc == "box":
+                ys, xs = np.nonzero(mask)
+                boxes = [[float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]]
+            entries[split].append(MetaEntry(image_id=img_rel, label=int(label), size=(size, size), boxes=boxes,
+                                            masks=[(mask_rel, None)]))
+    # valpx: 3 pixel-labelled images per class taken from valcl (survey §3.3.1)
+    valpx = []
+    for c in range(ncls):
+        valpx += [e for e in entries["valcl"] if e.label == c][:3]
+    entries["valpx"] = valpx
+    info = {
+        "name": spec.name, "seed": seed, "n": n, "size": size, "classes": spec.classes, "loc": spec.loc,
+        "counts": {s: len(entries[s]) for s in SPLITS}, "foreground_fraction": float(np.mean(fg)),
+        "description": spec.description,
+    }
+    finish_set(out, entries, spec.classes, info)
     log.info("synthesised %s in %s (%s)", spec.name, out, ", ".join(f"{s}: {len(entries[s])}" for s in SPLITS))
     return out
 
 
 def _embedded(recipe: Recipe, paper: str):
     return embedded_spec(recipe.name, recipe.classes, recipe.loc, functools.partial(generate, recipe),
-                         recipe.description, paper)
+                         recipe.description, paper, default_n=recipe.n, default_size=recipe.size)
 
 
 GLAS = _embedded(Recipe(

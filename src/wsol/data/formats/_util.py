@@ -17,12 +17,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 from pydantic import Field
 
 from wsol.data.options import ReaderOptions
 from wsol.data.problems import Collector, LocatedError
-from wsol.data.records import MaskDecoder
+from wsol.data.records import MaskDecoder, Record, gray_levels, open_image
 from wsol.data.registry import SPLITS
 from wsol.fileio import atomic_write_text
 
@@ -126,21 +125,20 @@ def pick_per_class(ids: list[str], labels: list[int], k: int, rng: np.random.Gen
 
 
 def gray_mask(path: Path, source: str, threshold: float) -> MaskDecoder:
-    """A record's mask from the grey image at ``path`` (values 0..255), ROI where
-    value / 255 >= ``threshold``."""
+    """A record's mask from the soft grey image at ``path`` (values 0..255, e.g. CUB's averaged
+    annotators), ROI where value / 255 >= ``threshold`` — this reader's documented mapping
+    (grey levels read like every mask: luminance of RGB, alpha ignored, 16-bit by its high
+    byte; see :mod:`wsol.data.records`)."""
 
     def load() -> np.ndarray:
-        where = f" (listed at {source})" if source else ""
-        if not path.is_file():
-            raise LocatedError(path, f"mask file not found{where}; restore it or remove the image from the split")
-        try:
-            with Image.open(path) as im:
-                arr = np.asarray(im.convert("L"))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise LocatedError(path, f"cannot decode mask ({e}){where}; re-download it") from None
-        return (arr.astype(np.float32) >= threshold * 255.0).astype(np.uint8)
+        rec = Record(image_id="", image_path=path, label=0, source=source)
+        gray, sixteen = open_image(path, "mask", rec, lambda im: gray_levels(im, path),
+                                   fix="restore it or remove the image from the split")
+        if sixteen:
+            gray = gray >> 8
+        return (gray.astype(np.float32) >= threshold * 255.0).astype(np.uint8)
 
-    return MaskDecoder(load)
+    return MaskDecoder(load, files=(path,))
 
 
 def split_folder(root: Path, opts: SplitOptions, protocol: str) -> Path:

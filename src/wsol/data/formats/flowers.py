@@ -17,7 +17,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
 
 from wsol.data.formats._util import (
     SplitOptions,
@@ -29,7 +28,7 @@ from wsol.data.formats._util import (
     stored_splits,
 )
 from wsol.data.problems import Collector, LocatedError
-from wsol.data.records import MaskDecoder, Record
+from wsol.data.records import MaskDecoder, Record, open_image
 from wsol.data.registry import DatasetSpec
 
 NUM_CLASSES = 102
@@ -49,17 +48,12 @@ def trimap_to_mask(rgb: np.ndarray) -> np.ndarray:
 
 def _trimap_loader(path: Path, source: str) -> MaskDecoder:
     def load() -> np.ndarray:
-        where = f" (listed at {source})" if source else ""
-        if not path.is_file():
-            raise LocatedError(path, f"segmentation file not found{where}; restore segmim/ from 102segmentations.tgz")
-        try:
-            with Image.open(path) as im:
-                rgb = np.asarray(im.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise LocatedError(path, f"cannot decode segmentation ({e}){where}; re-download it") from None
+        rec = Record(image_id="", image_path=path, label=0, source=source)
+        rgb = open_image(path, "segmentation", rec, lambda im: np.asarray(im.convert("RGB")),
+                         fix="restore segmim/ from 102segmentations.tgz")
         return trimap_to_mask(rgb)
 
-    return MaskDecoder(load)
+    return MaskDecoder(load, files=(path,))
 
 
 def _vector(data: dict, key: str, path: Path) -> np.ndarray:

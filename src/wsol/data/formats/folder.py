@@ -33,6 +33,7 @@ from wsol.data.formats._util import (
 from wsol.data.problems import LocatedError
 from wsol.data.records import MaskFile, Record
 from wsol.data.registry import SPLITS, DatasetSpec
+from wsol.errors import ConfigError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 RESERVED = {"masks", "splits"}
@@ -84,6 +85,10 @@ def list_records(root: Path, split: str, opts: Options) -> list[Record]:
                 f"{', '.join(s + '.txt' for s in SPLITS)} in {root / 'splits'} (a file may be empty), "
                 "or remove them to get seeded splits"
             )
+        if opts.model_fields_set:  # every option shapes the seeded splits only
+            raise ConfigError(f"data.options: {', '.join(sorted(opts.model_fields_set))} not applied: {root / 'splits'} "
+                              "holds user-given split files, which are used as they are; remove the option(s) or "
+                              "the split files")
         splits = read_split_files(user, set(records), f"the class folders of {root}",
                                   "expected a path relative to the dataset folder, e.g. 'cat/001.jpg'")
     else:

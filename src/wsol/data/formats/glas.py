@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from wsol.data.formats._util import (
@@ -65,6 +65,14 @@ class Options(HoldoutOptions):
         if v not in PROTOCOLS:
             raise PydanticCustomError("glas_split", "unknown GlaS split '{split}'; valid: survey, minmax", {"split": v})
         return v
+
+    @model_validator(mode="after")
+    def _val_fraction_applies(self) -> Options:
+        if self.split == "survey" and "val_fraction" in self.model_fields_set:
+            raise PydanticCustomError("glas_unapplied", "val_fraction is not applied: it applies to split=minmax only "
+                                                        "(the survey split holds out 18 of the 85 training images); "
+                                                        "remove it or set split=minmax", {})
+        return self
 
 
 def find_root(root: Path) -> Path:
@@ -160,7 +168,8 @@ def list_records(root: Path, split: str, opts: Options) -> list[Record]:
             image_id=name,
             image_path=root / f"{name}.bmp",
             label=lab,
-            mask=MaskFile(root / f"{name}_anno.bmp"),  # instance map: non-zero = gland (ROI)
+            # instance map (0 = background, k = gland k): every non-zero id is a gland (ROI)
+            mask=MaskFile(root / f"{name}_anno.bmp", kind="instances"),
             source=where,
         ))
     return records

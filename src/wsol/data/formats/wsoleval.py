@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from wsol.data.metadata import check_labels, metadata_dir, read_class_names, read_metadata
 from wsol.data.options import ReaderOptions
 from wsol.data.records import Record
 from wsol.data.registry import DatasetSpec
+from wsol.errors import ConfigError
 
 PAPER = "Choe et al., Evaluating weakly supervised object localization methods right (CVPR 2020)"
 
@@ -42,6 +44,14 @@ class Options(ReaderOptions):
     num_classes: int | None = Field(None, ge=1, description="number of classes when no class name is given "
                                                             "(default: largest label + 1)")
 
+    @model_validator(mode="after")
+    def _num_classes_applies(self) -> Options:
+        if self.num_classes is not None and self.class_names:
+            raise PydanticCustomError("wsoleval_unapplied", "num_classes is not applied: class_names are given (their "
+                                                            "count is the number of classes); give one of them",
+                                      {})
+        return self
+
 
 def _opt_path(root: Path, value: str | None) -> Path | None:
     if value is None:
@@ -63,6 +73,10 @@ def list_wsoleval(root: Path, split: str, opts: Options) -> list[Record]:
 def wsoleval_class_names(root: Path, opts: Options) -> list[str]:
     if opts.class_names:
         return list(opts.class_names)
+    names_file = metadata_dir(root, "", _opt_path(root, opts.metadata)) / "class_names.txt"
+    if opts.num_classes is not None and names_file.is_file():
+        raise ConfigError(f"data.options.num_classes: not applied, {names_file} lists the classes; remove the option "
+                          "(or the file)")
     return read_class_names(root, _opt_path(root, opts.metadata), opts.num_classes)
 
 

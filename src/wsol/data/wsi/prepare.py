@@ -5,7 +5,14 @@ Protocol, as implemented:
 
 1. Slides are ``<name>.tif`` under ``wsi_dir`` (searched recursively); a slide with an ASAP
    annotation ``<name>.xml`` under ``annotations_dir`` is metastatic ("tumor"), one without is
-   normal. Slides are split into train / valcl / test at slide level, stratified by kind.
+   normal. Slides are split into train / valcl / test at slide level, by default keeping the
+   challenge's own partition (survey §3.3.2: 270 training slides ``normal_XXX`` /
+   ``tumor_XXX``, 129 test slides ``test_XXX`` with test_114 dropped), valcl drawn from the
+   training slides only (per kind, ``val_fraction``); the challenge's ``reference.csv``,
+   when found under ``wsi_dir`` or ``annotations_dir``, names the test slides and their
+   class. ``split_csv`` (rows ``slide,split``) gives any split exactly; ``split="random"``
+   re-splits every slide at random with ``fractions`` (explicit only: official test slides
+   can then land in training). See :mod:`wsol.data.wsi.sampling`.
 2. Every slide is cut into a non-overlapping grid of ``patch_size``² patches at level 0. A patch
    is a tissue candidate when Otsu's tissue mask at the low level ``level_tissue`` covers at
    least ``pt`` of it; the tissue fraction is checked again on the level-0 pixels.
@@ -50,7 +57,18 @@ import cv2
 import numpy as np
 
 from wsol.data.wsi.annotations import read_asap_xml
-from wsol.data.wsi.sampling import assign_splits, grid, pick_category2, rng_for, spread
+from wsol.data.wsi.sampling import (
+    OFFICIAL_VAL_FRACTION,
+    assign_splits,
+    grid,
+    official_part,
+    official_splits,
+    pick_category2,
+    read_reference_csv,
+    read_split_csv,
+    rng_for,
+    spread,
+)
 from wsol.data.wsi.slide import BACKENDS, SLIDE_SUFFIXES, Slide
 from wsol.data.wsi.tissue import cell_fractions, otsu_threshold, saturation, tissue_mask
 from wsol.errors import ConfigError, DataError
@@ -335,7 +353,7 @@ def _run(fn: Callable[[dict], dict], jobs: list[dict], pool: ProcessPoolExecutor
 
 def _check_params(patch_size: int, level_tissue: int, pt: float, p0: float, p1: float, pn: float,
                   bin_width: float, fractions: Sequence[float], valpx_per_class: int, workers: int,
-                  backend: str) -> None:
+                  backend: str, split: str, val_fraction: float) -> None:
     def bad(name: str, value: Any, expected: str) -> ConfigError:
         return ConfigError(f"prepare_camelyon16: {name}={value!r}; expected {expected}")
 
@@ -350,14 +368,97 @@ def _check_params(patch_size: int, level_tissue: int, pt: float, p0: float, p1: 
         raise bad("p0, p1", (p0, p1), "0 < p0 <= p1 < 1 (the protocol uses 0.2 and 0.5)")
     if not 0.0 < bin_width <= 1.0 - p1:
         raise bad("bin_width", bin_width, f"a width in (0, 1 - p1] = (0, {1 - p1:g}] (the protocol uses 0.05)")
-    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6 or fractions[0] <= 0:
+    if split == "random" and (len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1.0) > 1e-6
+                              or fractions[0] <= 0):
         raise bad("fractions", tuple(fractions), "three fractions (train, valcl, test) >= 0 summing to 1, train > 0")
+    if not 0.0 <= val_fraction < 1.0:
+        raise bad("val_fraction", val_fraction, "a fraction in [0, 1) of the training slides")
     if int(valpx_per_class) < 0:
         raise bad("valpx_per_class", valpx_per_class, "an integer >= 0")
     if int(workers) < 1:
         raise bad("workers", workers, "an integer >= 1")
     if backend not in BACKENDS:
         raise bad("backend", backend, f"one of {', '.join(BACKENDS)}")
+
+
+SPLIT_MODES = ("official", "random", "csv")
+RANDOM_FRACTIONS = (0.5, 0.18, 0.32)
+#: tumour test slides without a pixel-level annotation (survey §3.3.2, footnote 7)
+UNANNOTATED_TUMOUR = ("test_114",)
+
+
+def _split_mode(split: str | None, split_csv: str | Path | None, fractions: Sequence[float] | None,
+                val_fraction: float | None) -> str:
+    """The split mode; an option that the mode would not apply is a ConfigError."""
+    mode = split if split is not None else ("csv" if split_csv is not None else "official")
+    if mode not in SPLIT_MODES:
+        raise ConfigError(f"prepare_camelyon16: split={split!r}; expected one of {', '.join(SPLIT_MODES)} "
+                          "(official: the challenge's train/test slides, survey §3.3.2)")
+    if mode == "csv" and split_csv is None:
+        raise ConfigError("prepare_camelyon16: split='csv' needs split_csv (rows 'slide,split')")
+    if mode != "csv" and split_csv is not None:
+        raise ConfigError(f"prepare_camelyon16: split_csv is given but split={mode!r}; leave split unset (or 'csv') "
+                          "to use the CSV")
+    if mode != "random" and fractions is not None:
+        raise ConfigError(f"prepare_camelyon16: fractions apply to split='random' only (split is {mode!r}); "
+                          "remove them, or ask for the random split explicitly")
+    if mode != "official" and val_fraction is not None:
+        raise ConfigError(f"prepare_camelyon16: val_fraction applies to split='official' only (split is {mode!r})")
+    return mode
+
+
+def _find_reference(*folders: Path) -> Path | None:
+    found = sorted({p.resolve() for d in folders for p in Path(d).rglob("reference.csv")})
+    if len(found) > 1:
+        raise DataError(f"several reference.csv files found ({', '.join(map(str, found))}); keep the challenge's "
+                        "testing/reference.csv only, or give the split with split_csv")
+    return found[0] if found else None
+
+
+def slide_splits(slides: list[SlideInfo], mode: str, seed: int, fractions: Sequence[float], val_fraction: float,
+                 split_csv: Path | None, search: Sequence[Path] = ()) -> tuple[dict[str, str], str]:
+    """Slide name -> "train" / "valcl" / "test" for ``mode`` (see the module docstring), and a
+    line saying where the split comes from (kept in summary.json)."""
+    kinds: dict[str, list[str]] = {"tumor": [], "normal": []}
+    for s in slides:
+        kinds[s.kind].append(s.name)
+    if mode == "random":
+        return assign_splits(kinds, fractions, seed), f"random by kind, fractions {tuple(fractions)}, seed {seed}"
+    if mode == "csv":
+        assert split_csv is not None
+        table = read_split_csv(split_csv)
+        missing = sorted(s.name for s in slides if s.name not in table)
+        if missing:
+            raise DataError(f"{split_csv}: no split for slide(s) {', '.join(missing[:10])}"
+                            f"{' ...' if len(missing) > 10 else ''}; add a row 'slide,split' for each, or exclude them")
+        unused = sorted(set(table) - {s.name for s in slides})
+        if unused:
+            log.info("%s: %d slide(s) listed but not found (%s)", split_csv, len(unused), ", ".join(unused[:5]))
+        return {s.name: table[s.name] for s in slides}, f"split CSV {split_csv}"
+    # official
+    reference = _find_reference(*search)
+    classes = read_reference_csv(reference) if reference is not None else {}
+    test = {n for n in classes} | {s.name for s in slides if official_part(s.name) == "test"}
+    odd = sorted(s.name for s in slides if s.name not in test and official_part(s.name) is None)
+    if odd:
+        raise DataError(f"slide(s) {', '.join(odd[:10])} do not follow the challenge's names (normal_XXX / tumor_XXX "
+                        "for the 270 training slides, test_XXX for the test slides); give the split with split_csv "
+                        "(rows 'slide,split') or ask for split='random'")
+    for s in slides:
+        want = classes.get(s.name)
+        if s.name.lower().startswith("normal_") and s.xml is not None:
+            raise DataError(f"{s.xml}: an annotation for the official normal slide {s.name}; remove it (normal "
+                            "slides hold no metastasis)")
+        if (want == "tumor" or (not classes and s.name in UNANNOTATED_TUMOUR)) and s.xml is None:
+            raise DataError(f"{s.path}: {s.name} is a tumour test slide"
+                            f"{' in ' + str(reference) if want else ''} without annotation; exclude it (the survey "
+                            "drops test_114, which has no pixel-level annotation) or add its annotation")
+        if want == "normal" and s.xml is not None:
+            raise DataError(f"{s.xml}: {reference} says {s.name} is normal, but it has a tumour annotation; fix one "
+                            "of them")
+    where = f"official (test slides from {reference})" if reference is not None else \
+        "official (test slides by name, test_XXX)"
+    return official_splits(kinds, test, val_fraction, seed), f"{where}, valcl {val_fraction:g} of the training slides"
 
 
 def prepare_camelyon16(
@@ -373,30 +474,41 @@ def prepare_camelyon16(
     p1: float = 0.50,
     pn: float = 0.01,
     bin_width: float = 0.05,
-    fractions: Sequence[float] = (0.5, 0.18, 0.32),
+    fractions: Sequence[float] | None = None,
     valpx_per_class: int = 5,
     exclude: Sequence[str] = ("test_114",),
     backend: str = "auto",
     workers: int = 2,
     progress: Progress | None = None,
+    split: str | None = None,
+    val_fraction: float | None = None,
+    split_csv: str | Path | None = None,
 ) -> Summary:
     """Build the CAMELYON16-P512 benchmark (see the module docstring) and return its counts.
 
-    ``fractions``: share of slides (per kind) in train / valcl / test — the default follows the
-    survey's patch counts (24,348 / 8,858 / 15,664 of 48,870). ``exclude``: slide names to
-    leave out (test_114 has no pixel-level annotation; the survey drops it). ``level_tissue``
-    larger than the slide's last level uses the last level.
+    ``split``: "official" (default; the challenge's train / test slides kept apart, valcl =
+    ``val_fraction`` of the training slides per kind, default 8,858 / (24,348 + 8,858) as in
+    the survey's patch counts), "csv" (``split_csv``: rows ``slide,split``; the default when
+    ``split_csv`` is given) or "random" (``fractions``: share of all slides, per kind, in
+    train / valcl / test, default 0.5 / 0.18 / 0.32). An option the chosen split does not
+    use is a ConfigError. ``exclude``: slide names to leave out (test_114 has no pixel-level
+    annotation; the survey drops it). ``level_tissue`` larger than the slide's last level
+    uses the last level.
     """
-    _check_params(patch_size, level_tissue, pt, p0, p1, pn, bin_width, fractions, valpx_per_class, workers, backend)
+    mode = _split_mode(split, split_csv, fractions, val_fraction)
+    fr = tuple(float(f) for f in (fractions if fractions is not None else RANDOM_FRACTIONS)) if mode == "random" else ()
+    vf = float(val_fraction if val_fraction is not None else OFFICIAL_VAL_FRACTION) if mode == "official" else 0.0
+    _check_params(patch_size, level_tissue, pt, p0, p1, pn, bin_width, fr, valpx_per_class, workers, backend, mode, vf)
     cfg = Settings(int(seed), int(patch_size), int(level_tissue), float(pt), float(p0), float(p1), float(pn),
-                   float(bin_width), tuple(float(f) for f in fractions), int(valpx_per_class), tuple(sorted(exclude)),
-                   backend)
+                   float(bin_width), fr, int(valpx_per_class), tuple(sorted(exclude)), backend, mode, vf)
     out_dir = Path(out_dir)
     slides = discover(wsi_dir, annotations_dir, cfg.exclude)
-    params = {"format": FORMAT_VERSION, **asdict(cfg)}
+    split_of, split_source = slide_splits(slides, mode, cfg.seed, fr, vf, Path(split_csv) if split_csv else None,
+                                          (Path(wsi_dir), Path(annotations_dir)))
+    params = {"format": FORMAT_VERSION, **asdict(cfg), "split_source": split_source}
     params.pop("backend")  # both backends read the same pixels
     prints = {s.name: [_fingerprint(s.path), _fingerprint(s.xml)] for s in slides}
-    run_key = _key(params, prints)
+    run_key = _key(params, prints, sorted(split_of.items()))
     if out_dir.exists() and not out_dir.is_dir():
         raise DataError(f"{out_dir}: exists and is not a folder; choose another --out")
     if (out_dir / "summary.json").is_file():
@@ -411,7 +523,7 @@ def prepare_camelyon16(
     (out_dir / ".work").mkdir(parents=True, exist_ok=True)
     pool = _pool(int(workers))
     try:
-        return _prepare(cfg, slides, out_dir, pool, progress, {**params, "key": run_key}, prints)
+        return _prepare(cfg, slides, out_dir, pool, progress, {**params, "key": run_key}, prints, split_of)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -433,13 +545,15 @@ class Settings:
     valpx_per_class: int
     exclude: tuple[str, ...]
     backend: str
+    split: str = "official"
+    val_fraction: float = OFFICIAL_VAL_FRACTION
 
 
 Entry = tuple[str, int, int, int]  # (slide, x, y, label) with (x, y) the level-0 corner
 
 
 def _prepare(cfg: Settings, slides: list[SlideInfo], out_dir: Path, pool: ProcessPoolExecutor | None,
-             progress: Progress | None, params: dict, prints: dict) -> Summary:
+             progress: Progress | None, params: dict, prints: dict, split_of: dict[str, str]) -> Summary:
     work = out_dir / ".work"
     common = {"patch_size": cfg.patch_size, "pt": cfg.pt, "backend": cfg.backend}
     by_name = {s.name: s for s in slides}
@@ -450,11 +564,10 @@ def _prepare(cfg: Settings, slides: list[SlideInfo], out_dir: Path, pool: Proces
                  for s in slides]
     scans = {r["name"]: r for r in _run(_scan_slide, scan_jobs, pool, "scan", progress)}
 
-    # 2. slide-level split, stratified by kind
+    # 2. the slide-level split (computed by slide_splits, see the module docstring)
     kinds: dict[str, list[str]] = {"tumor": [], "normal": []}
     for s in slides:
         kinds[s.kind].append(s.name)
-    split_of = assign_splits(kinds, cfg.fractions, cfg.seed)
 
     chosen: dict[str, list[Entry]] = {}
     counts = {s: dict.fromkeys(Summary.KEYS, 0) for s in SPLITS}
