@@ -380,6 +380,17 @@ def data_prepare(
     console.print(table)
 
 
+# scale-out commands (wsol.cli_scale): hyper-parameter sweeps on Optuna, whole-slide heatmaps
+def _mount_scale() -> None:
+    from wsol.cli_scale import slide_cmd, sweep_cmd
+
+    app.command("sweep")(sweep_cmd)
+    app.command("slide")(slide_cmd)
+
+
+_mount_scale()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point: runs the typer app; a user error (WSOLError) prints one line, exit 2."""
     try:
