@@ -122,9 +122,14 @@ def test_layercam_fuses_layers_by_max_of_normalised_maps():
     fused = LayerCAM(model, ["features.1", "features.3"], gamma=None)(x, t, raw=True)
     assert fused.shape == (3, 16, 16)
     assert torch.allclose(fused, torch.maximum(minmax_normalize(shallow), minmax_normalize(deep_up)), atol=1e-6)
-    summed = LayerCAM(model, ["features.1", "features.3"], fuse="sum", gamma=2.0)(x, t, raw=True)
-    ref = torch.tanh(2 * minmax_normalize(shallow)) + torch.tanh(2 * minmax_normalize(deep_up))
-    assert torch.allclose(summed, ref, atol=1e-6)
+    # tanh(γ·M) scales the shallow layer only (Jiang et al. §III-C), whatever the list order
+    ref = torch.tanh(2 * minmax_normalize(shallow)) + minmax_normalize(deep_up)
+    for layers in (["features.1", "features.3"], ["features.3", "features.1"]):
+        summed = LayerCAM(model, layers, fuse="sum", gamma=2.0)(x, t, raw=True)
+        assert torch.allclose(summed, ref, atol=1e-6), layers
+    fused = LayerCAM(model, ["features.1", "features.3"])(x, t, raw=True)  # default gamma=2, max
+    assert torch.allclose(fused, torch.maximum(torch.tanh(2 * minmax_normalize(shallow)), minmax_normalize(deep_up)),
+                          atol=1e-6)
 
 
 def test_gradcampp_closed_form():
@@ -168,7 +173,7 @@ def test_scorecam_weights_are_softmax_confidence_increases_by_hand():
                 mask = (up - up.min()) / (up.max() - up.min())
                 p = model((x[b] * mask)[None]).softmax(1)[0, t[b]]
                 expected[b, k] = p - base[t[b]]
-    ex = ScoreCAM(model, "features", batch_size=3)  # chunks that straddle images
+    ex = ScoreCAM(model, "features", batch_size=3, baseline="black")  # chunks that straddle images
     assert torch.allclose(ex.channel_weights(x, t), expected, atol=1e-6)
     raw = ex(x, t, raw=True)
     assert torch.allclose(raw, F.relu(torch.einsum("bk,bkhw->bhw", expected, f)), atol=1e-6)
@@ -176,9 +181,11 @@ def test_scorecam_weights_are_softmax_confidence_increases_by_hand():
 
 def test_iscam_one_step_is_scorecam_and_sscam_without_noise_is_scorecam():
     model, x = _setup(k=3, b=2)
-    ref = ScoreCAM(model, "features").channel_weights(x)
-    assert torch.allclose(ISCAM(model, "features", n_samples=1).channel_weights(x), ref, atol=1e-6)
-    assert torch.allclose(SSCAM(model, "features", n_samples=3, sigma=0.0).channel_weights(x), ref, atol=1e-6)
+    for baseline in ("black", "mean"):
+        ref = ScoreCAM(model, "features", baseline=baseline).channel_weights(x)
+        iscam = ISCAM(model, "features", n_samples=1, baseline=baseline).channel_weights(x)
+        sscam = SSCAM(model, "features", n_samples=3, sigma=0.0, baseline=baseline).channel_weights(x)
+        assert torch.allclose(iscam, ref, atol=1e-6) and torch.allclose(sscam, ref, atol=1e-6)
     # IS-CAM with 2 steps: mean of the confidences at mask scales 1/2 and 1
     with torch.no_grad():
         f = model.features(x)
@@ -191,7 +198,8 @@ def test_iscam_one_step_is_scorecam_and_sscam_without_noise_is_scorecam():
         ).mean(0)
         informative = (f.flatten(2).amax(-1) - f.flatten(2).amin(-1)) > 0
     expected = torch.where(informative, p - base[:, None], torch.zeros_like(p))
-    assert torch.allclose(ISCAM(model, "features", n_samples=2).channel_weights(x), expected, atol=1e-6)
+    assert torch.allclose(ISCAM(model, "features", n_samples=2, baseline="black").channel_weights(x), expected,
+                          atol=1e-6)
 
 
 def test_ablationcam_on_linear_head_is_weight_times_activation_drop():

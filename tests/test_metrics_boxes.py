@@ -159,7 +159,7 @@ def _random_boxes(seed: int, n: int, size: int) -> list[np.ndarray]:
 
 
 def test_metrics_boxes_match_the_1000_threshold_reference():
-    cams = _smooth_cams(0, 8, 24)
+    cams = torch.cat([_smooth_cams(0, 6, 24), _noisy_cams(0, 2, 24)])
     boxes = _random_boxes(0, 8, 24)
     boxes[0] = np.array([[0, 0, 23, 23]])  # border-touching GT
     logits = torch.randn(8, 7, generator=torch.Generator().manual_seed(1))
@@ -226,3 +226,61 @@ def test_metrics_boxes_cuda_matches_cpu():
     targets = torch.tensor([0, 1, 2, 3])
     cpu = box_metrics(cams, boxes, logits, targets)
     assert box_metrics(cams.cuda(), boxes, logits.cuda(), targets.cuda()) == cpu
+
+
+def _noisy_cams(seed: int, n: int, size: int) -> torch.Tensor:
+    """CAMs with many contours (holes, several blobs, equal-area ties) from 5×5 noise."""
+    g = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, 1, 5, 5, generator=g)
+    cams = torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    cams = cams - cams.amin((1, 2), keepdim=True)
+    cams = cams / cams.amax((1, 2), keepdim=True)
+    cams[0] = 0.0  # two identical square blobs: equal contour areas (V1 takes the first)
+    cams[0, 2:6, 2:6] = 1.0
+    cams[0, 2:6, 12:16] = 1.0
+    cams[0, 3:5, 3:5] = 0.5  # a hole at the top levels
+    return cams
+
+
+@pytest.mark.parametrize("interval", [0.001, 0.01, 0.05])
+def test_metrics_boxes_equal_wsolevaluation_box_evaluator(interval):
+    """MaxBoxAcc (V1, multi_contour_eval=False, IoU 50) and MaxBoxAccV2 (all contours, IoU
+    30/50/70) equal wsolevaluation's BoxEvaluator (evaluation.py, ported in
+    wsol.metrics.reference) at the same cam_curve_interval."""
+    from wsol.metrics.reference import WsolEvalBoxEvaluator
+
+    cams = torch.cat([_noisy_cams(3, 6, 20), _smooth_cams(4, 4, 20)])
+    boxes = _random_boxes(5, 10, 20)
+    boxes[0] = np.array([[12, 2, 15, 5]])  # the second of the two tied blobs
+    v1 = WsolEvalBoxEvaluator(interval, multi_contour_eval=False, iou_threshold_list=(50,))
+    v2 = WsolEvalBoxEvaluator(interval, multi_contour_eval=True, iou_threshold_list=(30, 50, 70))
+    for cam, gt in zip(cams.numpy(), boxes):
+        v1.accumulate(cam, gt)
+        v2.accumulate(cam, gt)
+    got = box_metrics(cams, boxes, cam_curve_interval=interval)
+    assert got["max_box_acc"] == pytest.approx(v1.compute()[0], abs=1e-12)
+    per_delta = v2.compute()
+    assert [got[f"max_box_acc_v2_iou{d}"] for d in (30, 50, 70)] == pytest.approx(per_delta, abs=1e-12)
+    assert got["max_box_acc_v2"] == pytest.approx(np.mean(per_delta), abs=1e-12)
+    assert got["cam_curve_interval"] == interval
+    acc = BoxAccumulator(cam_curve_interval=interval)
+    acc.update(cams, boxes)
+    assert len(acc.curves()["tau"]) == len(np.arange(0, 1, interval))
+    with pytest.raises(MetricError, match="cam_curve_interval"):
+        acc.merge(BoxAccumulator(cam_curve_interval=interval * 2))
+
+
+def test_metrics_vectorised_contour_boxes_and_areas_equal_opencv():
+    import cv2
+
+    from wsol.metrics.boxes import _rects_and_areas
+
+    q = quantize(_noisy_cams(7, 4, 32))
+    for m in q:
+        for v in np.unique(m)[::9]:
+            contours = cv2.findContours((m >= v).view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+            if not contours:
+                continue
+            rects, areas = _rects_and_areas(contours)
+            assert rects.tolist() == [list(cv2.boundingRect(c)) for c in contours]
+            assert areas.tolist() == [cv2.contourArea(c) for c in contours]

@@ -22,18 +22,104 @@ def t(x, dtype=torch.float32):
 
 
 # --- threshold semantics -----------------------------------------------------------------
-def test_metrics_bins_exact_at_every_threshold():
-    grid = threshold_grid()  # float32(l/1000)
-    bins = threshold_bins(grid)
-    assert torch.equal(bins, torch.arange(1001))
-    # the next float below each threshold falls in the bin below
-    below = torch.nextafter(grid[1:], torch.zeros(1000))
-    assert torch.equal(threshold_bins(below), torch.arange(1000))
-    # positive at τ iff s ≥ τ, for random values too
-    s = torch.rand(20000)
-    b = threshold_bins(s)
-    assert bool((grid[b] <= s).all())
-    assert bool(((b == 1000) | (s < grid[(b + 1).clamp(max=1000)])).all())
+@pytest.mark.parametrize("interval", [0.001, 0.01, 0.03, 0.25])
+def test_metrics_bins_exact_at_every_threshold(interval):
+    # wsolevaluation's grid: np.arange(0, 1, step) then 1.0 (float64); a float32 value s is
+    # in bin l iff τ_l ≤ s < τ_{l+1}, compared exactly (as np.histogram does)
+    taus = np.append(np.arange(0, 1, interval), 1.0)
+    assert torch.equal(threshold_grid(interval=interval), torch.from_numpy(taus))
+    f32 = taus.astype(np.float32)
+    ceil = np.where(f32.astype(np.float64) < taus, np.nextafter(f32, np.float32(2)), f32).astype(np.float32)
+    below = np.nextafter(ceil[1:], np.float32(0))
+    rnd = np.random.default_rng(0).random(20000, dtype=np.float32)
+    probe = np.concatenate([ceil, below, f32, rnd, np.float32([0.0, 1.0, 0.5, 0.7, 0.3])])
+    expected = np.searchsorted(taus, probe.astype(np.float64), side="right") - 1
+    got = threshold_bins(torch.from_numpy(probe), interval=interval)
+    assert torch.equal(got, torch.from_numpy(expected))
+    assert torch.equal(got[: len(ceil)], torch.arange(len(taus)))  # each ceiling opens its bin
+    assert torch.equal(got[len(ceil) : len(ceil) + len(below)], torch.arange(len(taus) - 1))
+
+
+def test_metrics_float32_value_below_a_threshold_is_negative_there():
+    # float32(0.7) = 0.699999988 < 0.7 = τ_700: below the threshold, as in wsolevaluation
+    # (np.histogram compares in float64); float32(0.3) = 0.300000012 ≥ τ_300
+    assert int(threshold_bins(torch.tensor([0.7]))) == 699
+    assert int(threshold_bins(torch.tensor([0.3]))) == 300
+
+
+class _CudaScalarDivision(torch.overrides.TorchFunctionMode):
+    """CPU emulation of CUDA's true division by a Python scalar: ATen's
+    ``div_true_kernel_cuda`` (aten/src/ATen/native/cuda/BinaryDivTrueKernel.cu) computes
+    ``a * (1 / b)`` when b is a CPU scalar, which is not the correctly rounded ``a / b``
+    the CPU kernel gives (float32(l)/1000 differs from l·float32(1/1000) for 584 of the
+    1001 values l)."""
+
+    DIVS = {torch.Tensor.__truediv__, torch.Tensor.div, torch.div, torch.true_divide}
+    IDIVS = {torch.Tensor.__itruediv__, torch.Tensor.div_}
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if (func in self.DIVS | self.IDIVS and len(args) == 2 and not kwargs and isinstance(args[0], torch.Tensor)
+                and args[0].dtype.is_floating_point and isinstance(args[1], (int, float))):
+            inv = float(torch.tensor(1.0, dtype=args[0].dtype) / args[1])
+            return args[0].mul_(inv) if func in self.IDIVS else args[0] * inv
+        return func(*args, **kwargs)
+
+
+def test_metrics_binning_does_not_depend_on_how_the_device_divides():
+    # Regression: on an H200, PxAP of _random_case(3, n=8, h=32, w=32) was 40.06352 on CUDA and
+    # 40.06023 on CPU: the bins were computed with `b / 1000`, which CUDA evaluates as
+    # b * (1/1000). The binning now uses no division; under the emulated CUDA division the
+    # histograms are identical (the old code gave 40.06352 here too).
+    cams, masks = _random_case(3, n=8, h=32, w=32)
+    plain = PixelAccumulator(track_regions=False)
+    plain.update(cams, masks)
+    with _CudaScalarDivision():
+        assert torch.equal(torch.tensor(8.0) / 1000, torch.tensor(8.0) * float(torch.tensor(1.0) / 1000))
+        emulated = PixelAccumulator(track_regions=False)
+        emulated.update(cams, masks)
+        bins = threshold_bins(cams)
+    assert torch.equal(emulated.hist, plain.hist)
+    assert torch.equal(bins, threshold_bins(cams))
+    assert emulated.compute() == pytest.approx(plain.compute(), nan_ok=True)
+    # float64 CAMs are the same values (the CAM contract compares in float32)
+    assert pixel_metrics(cams.double(), masks) == pytest.approx(pixel_metrics(cams, masks), nan_ok=True)
+
+
+@pytest.mark.parametrize("interval", [0.001, 0.01, 0.03])
+def test_metrics_pixel_equals_wsolevaluation_mask_evaluator(interval):
+    """Histograms and PxAP equal wsolevaluation's MaskEvaluator (evaluation.py, ported in
+    wsol.metrics.reference) at the same cam_curve_interval, with CAM values on the grid."""
+    from wsol.metrics.reference import WsolEvalMaskEvaluator
+
+    cams, masks = _random_case(5, n=6, h=20, w=18)
+    cams[0, 0, :4] = torch.tensor([0.7, 0.3, 0.01, 0.99])  # float32 roundings of thresholds
+    ref = WsolEvalMaskEvaluator(interval)
+    for c, m in zip(cams.numpy(), masks.numpy()):
+        ref.accumulate(c, m)
+    acc = PixelAccumulator(track_regions=False, cam_curve_interval=interval)
+    acc.update(cams, masks)
+    # the reference's bins: [τ_0, τ_1), ..., [τ_{T-1}, 1), [1, 2), [2, 3]
+    assert acc.hist[1].tolist() == ref.gt_true_score_hist[:-1].tolist()
+    assert acc.hist[0].tolist() == ref.gt_false_score_hist[:-1].tolist()
+    r = acc.compute()
+    assert r["pxap"] == pytest.approx(ref.compute(), rel=1e-12)
+    assert r["cam_curve_interval"] == interval
+    assert len(acc.curves()["tau"]) == len(np.arange(0, 1, interval)) + 1
+
+
+def test_metrics_interval_is_recorded_and_validated():
+    cams, masks = _random_case(1)
+    assert pixel_metrics(cams, masks)["cam_curve_interval"] == 0.001
+    coarse = pixel_metrics(cams, masks, cam_curve_interval=0.01)
+    assert coarse["cam_curve_interval"] == 0.01
+    assert coarse["tau_star"] == pytest.approx(round(coarse["tau_star"], 2))  # on the 0.01 grid
+    with pytest.raises(MetricError, match="cam_curve_interval"):
+        PixelAccumulator(cam_curve_interval=0.0)
+    with pytest.raises(MetricError, match="different settings"):
+        PixelAccumulator().merge(PixelAccumulator(cam_curve_interval=0.01))
+    with pytest.raises(MetricError, match="bins"):
+        PixelAccumulator().load_state_dict(PixelAccumulator(cam_curve_interval=0.01).state_dict())
 
 
 def test_metrics_value_on_threshold_counts_as_positive():
@@ -62,8 +148,9 @@ def test_metrics_pxap_3x3_hand_computed_with_ties():
     # PxAP = 1/2·(1/3 − 0) + 3/5·(1 − 1/3) = 1/6 + 2/5 = 17/30
     r = pixel_metrics(cams, masks)
     assert r["pxap"] == pytest.approx(100 * 17 / 30)
-    # TP(τ) for τ=0.001..1.000: 3 fg for τ ≤ 0.5 (500 values), 1 for 0.5 < τ ≤ 0.9 (400), 0 above (100)
-    tp = (500 * 100 + 400 * 100 / 3) / 1000
+    # TP(τ) for τ=0.001..1.000: 3 fg for τ ≤ 0.5 (500 values), 1 for 0.5 < τ < 0.9 (399: float32(0.9)
+    # = 0.89999998 is below τ = 0.9, compared in float64 as wsolevaluation does), 0 above (101)
+    tp = (500 * 100 + 399 * 100 / 3) / 1000
     assert r["tp_star"] == pytest.approx(tp)
     assert r["fn_star"] == pytest.approx(100 - tp)
     # FP(τ) of 6 bg: 3 for τ ≤ 0.2 (200), 2 for 0.2 < τ ≤ 0.5 (300), 1 for τ ≤ 1 (500)
@@ -279,13 +366,14 @@ def test_metrics_cuda_matches_cpu():
         assert gpu[k] == pytest.approx(cpu[k], nan_ok=True), k
 
 
-def test_metrics_pixel_matches_numpy_reference():
+@pytest.mark.parametrize("interval", [0.001, 0.01])
+def test_metrics_pixel_matches_numpy_reference(interval):
     from wsol.metrics.reference import reference_pixel_metrics
 
     cams, masks = _random_case(7, n=6, h=16, w=12)
     masks[2] = 0  # a normal image
-    fast = pixel_metrics(cams, masks)
-    ref = reference_pixel_metrics(cams.numpy(), masks.numpy())
+    fast = pixel_metrics(cams, masks, cam_curve_interval=interval)
+    ref = reference_pixel_metrics(cams.numpy(), masks.numpy(), cam_curve_interval=interval)
     for k, v in ref.items():
         assert fast[k] == pytest.approx(v), k
     assert fast["tau"] == fast["tau_star"]
@@ -296,7 +384,12 @@ def test_metrics_large_batches_are_chunked_exactly():
     cams = torch.rand(600, 3, 2, generator=g)
     masks = (torch.rand(600, 3, 2, generator=g) > 0.5).to(U8)
     one = PixelAccumulator(track_regions=False)
-    one.update(cams, masks)  # 600 images > CHUNK: several bincounts
+    one.update(cams, masks)  # one bincount
+    chunked = PixelAccumulator(track_regions=True)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("wsol.metrics.pixel.CHUNK_PIXELS", 60)  # 10 images per bincount: 60 bincounts
+        chunked.update(cams, masks)
+    assert torch.equal(one.hist, chunked.hist) and len(chunked.region_sizes()["pred"]) == 600
     parts = PixelAccumulator(track_regions=False)
     for i in range(0, 600, 7):
         parts.update(cams[i : i + 7], masks[i : i + 7])
@@ -329,3 +422,42 @@ def test_metrics_all_ignored_image_contributes_nothing():
     acc = PixelAccumulator(track_regions=False)
     acc.update(cams, masks)
     assert acc.region_sizes() == {"tau": None, "true": [], "pred": []}
+
+
+@pytest.mark.parametrize("f1_tau", [0.5, 0.7, 0.4321])
+def test_metrics_f1_at_any_threshold_is_cam_ge_tau_in_float32(f1_tau):
+    # F1± use the method's own binary mask `cam >= f1_tau` (float32), on or off the sweep's grid
+    # (0.5 is a grid threshold; float32(0.7) is below τ = 0.7; 0.4321 is off the grid)
+    cams, masks = _random_case(11, n=5, h=9, w=7)
+    cams[0, 0, :3] = torch.tensor([0.7, 0.5, 0.4321])
+    acc = PixelAccumulator(f1_tau=f1_tau, track_regions=False)
+    acc.update(cams, masks)
+    r = acc.compute()
+    f1p, f1n = [], []
+    for cam, mask in zip(cams, masks):
+        pred, gt, bg, valid = cam >= f1_tau, mask == 1, mask == 0, mask != 255
+        if gt.any():
+            f1p.append(2 * float((pred & gt).sum()) / float((pred & valid).sum() + gt.sum()))
+        if bg.any():
+            f1n.append(2 * float((~pred & bg).sum()) / float((~pred & valid).sum() + bg.sum()))
+    assert r["f1_tau"] == f1_tau
+    assert r["f1_fg_mean"] == pytest.approx(100 * np.mean(f1p)) and r["f1_bg_mean"] == pytest.approx(100 * np.mean(f1n))
+    assert r["pxap"] == pytest.approx(pixel_metrics(cams, masks)["pxap"])  # the sweep does not depend on f1_tau
+
+
+def test_metrics_pixel_update_runs_single_threaded_and_restores_torch_threads():
+    cams, masks = _random_case(2, n=4, h=12, w=10)
+    before = torch.get_num_threads()
+    seen = []
+
+    class Spy(PixelAccumulator):
+        def _update_chunk(self, c, m):
+            seen.append(torch.get_num_threads())
+            super()._update_chunk(c, m)
+
+    one = Spy()
+    one.update(cams, masks)
+    assert seen == [1] and torch.get_num_threads() == before
+    keep = Spy(threads=None)
+    keep.update(cams, masks)
+    assert seen[-1] == before and torch.equal(one.hist, keep.hist)

@@ -33,9 +33,9 @@ EXPECTED = {
     ("resnet50", False): [(64, 2), (256, 4), (512, 8), (1024, 16), (2048, 32)],
     ("resnet50", True): [(64, 2), (256, 4), (512, 8), (1024, 8), (2048, 8)],
     ("vgg16", False): [(128, 2), (256, 4), (512, 8), (512, 16), (512, 32)],
-    ("vgg16", True): [(128, 2), (256, 4), (512, 8), (512, 16)],
+    ("vgg16", True): [(128, 2), (256, 4), (512, 8), (512, 8), (1024, 8)],
     ("inception_v3", False): [(64, 2), (80, 4), (288, 8), (768, 16), (2048, 32)],
-    ("inception_v3", True): [(64, 2), (80, 4), (288, 8), (768, 16)],
+    ("inception_v3", True): [(64, 2), (80, 4), (288, 8), (768, 8), (1024, 8)],
     ("efficientnet_lite0", False): [(16, 2), (24, 4), (40, 8), (112, 16), (1280, 32)],
     ("efficientnet_lite0", True): [(16, 2), (24, 4), (40, 8), (112, 16), (1280, 16)],
 }
@@ -45,6 +45,10 @@ EXPECTED = {
 # maxpool2 (k3 s2) 25, Mixed_5b-d 25 | Mixed_6a (k3 s2) 12 | Mixed_7a (k3 s2) 5.
 # At 128: 63, 61, 61 | 30, 30 | 28, 13, 13 | 6 | 2.
 INCEPTION_SIZES = {224: [109, 54, 25, 12, 5], 128: [61, 30, 13, 6, 2]}
+# CAM-friendly (wsolevaluation's InceptionCam): 1a (k3 s2 pad 1) 112, 2a 110, 2b 110 | pool
+# (k3 s2 pad 1 ceil) 56, 3b 56 | 4a 54, pool 28, Mixed_5* 28 | Mixed_6a (stride 1) .. 6e 28, SPG 28.
+# At 128: 64, 62, 62 | 32, 32 | 30, 16, 16 | 16, 16.
+INCEPTION_CAM_SIZES = {224: [110, 56, 28, 28, 28], 128: [62, 32, 16, 16, 16]}
 
 
 @cache
@@ -65,7 +69,7 @@ def test_stage_shapes_at_224_and_128(name, cam_friendly):
             feats = bb.forward_stages(torch.empty(2, 3, size, size, device="meta"))
         assert [f.shape[1] for f in feats] == [c for c, _ in expected]
         if name == "inception_v3":
-            sides = INCEPTION_SIZES[size][: len(expected)]
+            sides = (INCEPTION_CAM_SIZES if cam_friendly else INCEPTION_SIZES)[size]
         else:
             sides = [size // s for _, s in expected]  # exact: 224 and 128 are multiples of 32
         assert [tuple(f.shape) for f in feats] == [(2, c, h, h) for (c, _), h in zip(expected, sides)]
@@ -148,3 +152,90 @@ def test_missing_timm_or_weights_package_gives_an_install_hint(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ConfigError, match=r"needs the package timm: pip install 'wsol\[timm\]'"):
         build_backbone(BackboneConfig(name="efficientnet_lite0"))
+
+
+# --- the protocol's CAM architectures (wsolevaluation, large_feature_map) ----------------------
+def _wsoleval_vgg_cam(size: int) -> tuple[int, int]:
+    """(channels, side) of wsolevaluation's VggCam feature map (wsol/vgg.py: make_layers with
+    configs_dict['cam']['28x28'], then conv6 3×3 512->1024 + ReLU), built here from that
+    config list on the meta device."""
+    cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, 512, 512, 512]
+    layers: list[nn.Module] = []
+    cin = 3
+    with torch.device("meta"):
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(cin, int(v), kernel_size=3, padding=1), nn.ReLU()]
+                cin = int(v)
+        layers += [nn.Conv2d(512, 1024, kernel_size=3, padding=1), nn.ReLU()]
+        out = nn.Sequential(*layers)(torch.empty(1, 3, size, size))
+    return out.shape[1], out.shape[-1]
+
+
+def _wsoleval_inception_cam(size: int) -> list[int]:
+    """Sides of wsolevaluation's InceptionCam (wsol/inception.py, large_feature_map=True) at
+    the five stages: the spatial operations of its forward in order (Mixed_5*/6b-e and the
+    SPG convolutions keep the size: padded 1×1/3×3/5×5/1×7 convolutions, pools 3/1/1)."""
+    with torch.device("meta"):
+        ops = _inception_ops()
+    sides = {}
+    with torch.device("meta"):
+        x = torch.empty(1, 1, size, size)
+        for name, op in ops.items():
+            x = op(x)
+            sides[name] = x.shape[-1]
+    return [sides[n] for n in ("Conv2d_2b_3x3", "Conv2d_3b_1x1", "Mixed_5d", "Mixed_6e", "SPG_A3_2b")]
+
+
+def _inception_ops() -> dict[str, nn.Module]:
+    return {
+        "Conv2d_1a_3x3": nn.Conv2d(1, 1, 3, stride=2, padding=1), "Conv2d_2a_3x3": nn.Conv2d(1, 1, 3),
+        "Conv2d_2b_3x3": nn.Conv2d(1, 1, 3, padding=1),
+        "pool1": nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        "Conv2d_3b_1x1": nn.Conv2d(1, 1, 1), "Conv2d_4a_3x3": nn.Conv2d(1, 1, 3),
+        "pool2": nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        "Mixed_5d": nn.Identity(),
+        "Mixed_6a": nn.Conv2d(1, 1, 3, stride=1, padding=1),  # InceptionB(288, kernel_size=3, stride=1, padding=1)
+        "Mixed_6e": nn.Identity(), "SPG_A3_2b": nn.Conv2d(1, 1, 3, padding=1),
+    }
+
+
+@pytest.mark.parametrize("size", [224, 160])
+def test_cam_friendly_vgg16_and_inception_match_wsolevaluation_map_sizes(size):
+    vgg = _meta_backbone("vgg16", True)
+    with torch.no_grad():
+        f = vgg(torch.empty(1, 3, size, size, device="meta"))
+    assert (f.shape[1], f.shape[-1]) == _wsoleval_vgg_cam(size)
+    assert size != 224 or f.shape[-1] == 28  # 28×28 at 224² (f-cam Table F.2)
+    inc = _meta_backbone("inception_v3", True)
+    with torch.no_grad():
+        feats = inc.forward_stages(torch.empty(1, 3, size, size, device="meta"))
+    assert [t.shape[-1] for t in feats] == _wsoleval_inception_cam(size)
+    assert feats[-1].shape[1] == 1024 and (size != 224 or feats[-1].shape[-1] == 28)
+
+
+def test_cam_friendly_vgg16_keeps_torchvision_weight_names(tmp_path):
+    from torchvision.models.vgg import cfgs, make_layers
+
+    ref = make_layers(cfgs["D"])  # vgg16.features, without building the classifier
+    torch.save({f"features.{k}": v for k, v in ref.state_dict().items()}, tmp_path / "vgg16.pth")
+    bb = build_backbone(BackboneConfig(name="vgg16", cam_friendly=True, weights=str(tmp_path / "vgg16.pth")))
+    assert torch.equal(bb.features[28].weight, ref[28].weight)  # conv5_3
+    assert isinstance(bb.features[23], nn.Identity) and len(bb.features) == 30  # no pool4, no pool5
+    assert bb.conv6.weight.shape == (1024, 512, 3, 3) and bb.default_layer == "relu6"
+
+
+def test_cam_friendly_inception_dropout_only_in_training():
+    torch.manual_seed(0)
+    bb = build_backbone(BackboneConfig(name="inception_v3", cam_friendly=True))
+    x = torch.rand(1, 3, 80, 80)
+    bb.eval()
+    with torch.no_grad():
+        a, b = bb(x), bb(x)
+    assert torch.equal(a, b)
+    bb.train()
+    with torch.no_grad():
+        c = bb(x)
+    assert (c == 0).float().mean() > (a == 0).float().mean()  # dropout 0.5 after SPG_A3_2b

@@ -184,6 +184,31 @@ def test_prm_gradient_reaches_peaks_only():
     assert torch.equal(g, expected)
 
 
+def test_prm_counts_one_peak_per_flat_plateau():
+    # a 2×2 plateau of 9 (four local maxima of equal value) and a peak 6 at (3, 3): two peaks,
+    # (9 + 6) / 2 (counting each plateau position would give (4·9 + 6) / 5 = 8.4)
+    m = torch.tensor([[9.0, 9, 1, 0], [9, 9, 1, 0], [1, 1, 2, 1], [0, 0, 1, 6]]).view(1, 1, 4, 4)
+    head = PRMHead(2, 1, kernel=3)
+    assert head.peaks(m).sum().item() == 2 and head.pool(m).item() == 7.5
+    g = grad_of(head.pool, m)
+    expected = torch.zeros_like(m)
+    expected[0, 0, 0, 0] = expected[0, 0, 3, 3] = 0.5  # the plateau's first position in raster order
+    assert torch.equal(g, expected)
+    # a U-shaped plateau (its arms are 2 apart) is one peak too; a second channel is independent
+    ii, jj = torch.meshgrid(torch.arange(5.0), torch.arange(5.0), indexing="ij")
+    u = torch.zeros(1, 2, 5, 5)
+    u[0, 0] = -(ii + jj)  # a background without local maxima
+    u[0, 0, :3, 0] = u[0, 0, 2, :3] = u[0, 0, :3, 2] = 5.0
+    u[0, 1] = torch.arange(25.0).view(5, 5)  # a ramp: one peak at the bottom-right corner
+    peaks = head.peaks(u)
+    assert peaks[0, 0].sum().item() == 1 and bool(peaks[0, 0, 0, 0]) and peaks[0, 1].sum().item() == 1
+    # kernel 1: every position is a local maximum; equal neighbours still form one plateau
+    flat = torch.tensor([[1.0, 1.0, 2.0], [3.0, 1.0, 4.0]]).view(1, 1, 2, 3)
+    assert PRMHead(2, 1, kernel=1).pool(flat).item() == pytest.approx((1 + 2 + 3 + 4) / 4)
+    # a constant map is one plateau: its value
+    assert PRMHead(2, 1, kernel=3).pool(torch.full((1, 1, 6, 7), -2.0)).item() == -2.0
+
+
 def test_prm_rejects_even_kernel():
     with pytest.raises(ValueError, match="kernel"):
         PRMHead(2, 1, kernel=4)

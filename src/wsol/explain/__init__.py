@@ -11,7 +11,7 @@ or ``build_extractor("gradcamplusplus", model, "layer4")(images, targets)``.
 from wsol.explain.base import Extractor, resolve_layer
 from wsol.explain.gradient import GradCAM, GradCAMPlusPlus, GradientExtractor, LayerCAM, SmoothGradCAMPlusPlus, XGradCAM
 from wsol.explain.registry import EXTRACTORS, available_extractors, build_extractor
-from wsol.explain.score import ISCAM, SSCAM, AblationCAM, ScoreCAM, ScoreExtractor
+from wsol.explain.score import ISCAM, SSCAM, AblationCAM, MaskScoreExtractor, ScoreCAM, ScoreExtractor
 
 __all__ = [
     "EXTRACTORS",
@@ -22,6 +22,7 @@ __all__ = [
     "GradientExtractor",
     "ISCAM",
     "LayerCAM",
+    "MaskScoreExtractor",
     "SSCAM",
     "ScoreCAM",
     "ScoreExtractor",

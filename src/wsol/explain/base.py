@@ -17,6 +17,15 @@ are laid out on the patch grid (``grid=(h, w)``, default a square sqrt(N)×sqrt(
 Extractors never switch the model between train/eval mode: call ``model.eval()`` first
 (batch-norm in train mode mixes the images of a batch, so per-image maps would depend on
 the batch).
+
+Input units: wsol models normalise inside their backbone, so an extractor sees images in
+[0, 1]. Where a method's constant is stated in the normalised units the papers and the
+peers (torchcam, pytorch-grad-cam, F-CAM) feed their models — Smooth-Grad-CAM++'s noise σ,
+the Score-CAM family's masking baseline (the mean colour, 0 in normalised units) — the
+extractor converts it through the model's normalisation (``normalization``: ``"auto"``:
+the mean/std of the model's :class:`wsol.nn.backbones.Normalize` module, ImageNet's when it
+has none; ``"imagenet"``; ``"none"`` for a model that takes already normalised images; or
+``(mean, std)`` per colour channel).
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ import torch.nn.functional as F
 
 from wsol.cams import minmax_normalize, model_logits, to_cam
 from wsol.errors import ConfigError
+from wsol.nn.backbones import IMAGENET_MEAN, IMAGENET_STD, Normalize
 
 LayerSpec = nn.Module | str
 
@@ -80,7 +90,8 @@ class Extractor(ABC):
       ``reshape``: a callable mapping the layer output to B×K×h×w (overrides the two above);
       ``channels_last``: feed the model channels-last images (same numbers up to float
       rounding, faster convolutions on CPU; set False for a model whose forward calls
-      ``.view`` on a non-contiguous tensor).
+      ``.view`` on a non-contiguous tensor);
+      ``normalization``: the input normalisation of the model (see the module docstring).
     """
 
     #: whether several target layers may be given (LayerCAM fuses them)
@@ -95,6 +106,7 @@ class Extractor(ABC):
         grid: tuple[int, int] | None = None,
         reshape: Callable[[torch.Tensor], torch.Tensor] | None = None,
         channels_last: bool = True,
+        normalization: str | tuple[Sequence[float], Sequence[float]] = "auto",
     ):
         layers: list[LayerSpec] = (
             list(target_layer) if isinstance(target_layer, (list, tuple)) else [target_layer]  # type: ignore[list-item]
@@ -115,7 +127,9 @@ class Extractor(ABC):
         self.grid = grid
         self.reshape = reshape
         self.channels_last = channels_last
+        self.normalization = _check_normalization(normalization, type(self).__name__)
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        self._fired: list[int] = []  # target layers in the order the last forward ran them
         self._acts: list[torch.Tensor | None] = [None] * len(self.layers)
         self._entered = False
         self._leaf_grad = False  # make a constant layer output a grad leaf (frozen model)
@@ -130,6 +144,7 @@ class Extractor(ABC):
                 name = self.layer_names[idx]
                 raise ConfigError(f"target layer {name!r} returns {type(t).__name__}, expected a tensor")
             new = t
+            self._fired.append(idx)
             if self._override is not None:
                 new = self._override(t)
                 self._acts[idx] = new
@@ -194,6 +209,7 @@ class Extractor(ABC):
     def _forward(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """Logits and the hooked (raw-layout) activations of each target layer."""
         self._acts = [None] * len(self.layers)
+        self._fired = []
         logits = self._run(images)
         missing = [n for n, a in zip(self.layer_names, self._acts) if a is None]
         if missing:
@@ -225,6 +241,30 @@ class Extractor(ABC):
                 f"{h}×{w} grid; set prefix_tokens / grid=(h, w)"
             )
         return tokens.reshape(t.shape[0], h, w, t.shape[2]).permute(0, 3, 1, 2)
+
+    def input_stats(self, device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, std) of the model's input normalisation, each 1×C×1×1 float32 in the units
+        of the images the extractor is given (see ``normalization``)."""
+        norm = self.normalization
+        mean: Sequence[float]
+        std: Sequence[float]
+        if not isinstance(norm, str):
+            mean, std = norm
+        elif norm == "auto":
+            found = {(tuple(m.mean.flatten().tolist()), tuple(m.std.flatten().tolist()))
+                     for m in self.model.modules() if isinstance(m, Normalize)}
+            if len(found) > 1:
+                raise ConfigError(
+                    f"{type(self).__name__}: the model normalises its input in {len(found)} different ways "
+                    f"({sorted(found)}); give normalization=(mean, std) explicitly"
+                )
+            mean, std = found.pop() if found else (IMAGENET_MEAN, IMAGENET_STD)
+        elif norm == "imagenet":
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        else:  # "none"
+            mean, std = (0.0,), (1.0,)
+        as_t = lambda v: torch.tensor([float(a) for a in v], dtype=torch.float32, device=device).view(1, -1, 1, 1)
+        return as_t(mean), as_t(std)
 
     def _channel_dim(self, t: torch.Tensor) -> int:
         """Feature dimension of the raw layer output (1 for maps, last for tokens)."""
@@ -266,20 +306,38 @@ class Extractor(ABC):
         """Raw maps B×h×w (after the method's ReLU)."""
 
 
-def fuse_layer_maps(maps: list[torch.Tensor], fuse: str, gamma: float | None) -> torch.Tensor:
+def _check_normalization(norm: Any, who: str) -> str | tuple[tuple[float, ...], tuple[float, ...]]:
+    if isinstance(norm, str):
+        if norm not in ("auto", "imagenet", "none"):
+            raise ConfigError(f"{who}: normalization must be 'auto', 'imagenet', 'none' or (mean, std), got {norm!r}")
+        return norm
+    try:
+        mean, std = (tuple(float(v) for v in part) for part in norm)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{who}: normalization must be 'auto', 'imagenet', 'none' or (mean, std), got {norm!r}") from None
+    if len(mean) != len(std) or not mean or any(v <= 0 for v in std):
+        raise ConfigError(f"{who}: normalization (mean, std) needs one positive std per mean, got {norm!r}")
+    return mean, std
+
+
+def fuse_layer_maps(maps: list[torch.Tensor], fuse: str, gamma: float | None,
+                    shallow: Sequence[bool] | None = None) -> torch.Tensor:
     """Fuse per-layer maps (each B×h_l×w_l): upsample to the finest grid, min-max
-    normalise each, optionally ``tanh(gamma·M)`` (LayerCAM §III-C scaling of shallow
-    layers), then element-wise ``max`` (LayerCAM) or ``sum``."""
+    normalise each, scale the maps of the shallow layers (``shallow[l]``, default: all but
+    the last) by ``tanh(gamma·M)`` (LayerCAM §III-C; ``gamma=None``: no scaling), then
+    element-wise ``max`` (LayerCAM) or ``sum``."""
     if len(maps) == 1:
         return maps[0]
+    if shallow is None:
+        shallow = [True] * (len(maps) - 1) + [False]
     size = max((m.shape[-2:] for m in maps), key=lambda s: s[0] * s[1])
     ups = []
-    for m in maps:
+    for m, is_shallow in zip(maps, shallow):
         if tuple(m.shape[-2:]) != tuple(size):
             m = F.interpolate(m[:, None], size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
         m = minmax_normalize(m)
-        if gamma is not None:
-            m = torch.tanh(gamma * m)
+        if gamma is not None and is_shallow:
+            m = torch.tanh(gamma * m)  # Jiang et al. (LayerCAM), §III-C: M̂ = tanh(γ·M/max M) on shallow layers
         ups.append(m)
     stacked = torch.stack(ups, dim=0)
     return stacked.amax(dim=0) if fuse == "max" else stacked.sum(dim=0)

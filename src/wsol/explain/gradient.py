@@ -96,10 +96,14 @@ class GradCAMPlusPlus(GradientExtractor):
 
 class SmoothGradCAMPlusPlus(GradientExtractor):
     """Smooth-Grad-CAM++ (Omeiza et al., 2019): Grad-CAM++ with the 1st/2nd/3rd-order
-    gradients averaged over ``n_samples`` noisy copies x + N(0, sigma²) of the input
-    (sigma in the units of the normalised input; defaults n=4, sigma=0.3 as torchcam, used
-    by F-CAM). Targets and activations A come from the clean image. ``seed`` makes the
-    noise repeatable."""
+    gradients averaged over ``n_samples`` noisy copies of the input. ``sigma`` is the noise
+    standard deviation in the units of the *normalised* input, as in torchcam's
+    ``SmoothGradCAMpp`` (``std=0.3``, added to the normalised tensor) and F-CAM (defaults
+    n=4, sigma=0.3). The extractor sees [0, 1] images and the model normalises them, so the
+    noise added here is N(0, (sigma·std_c)²) per colour channel c, std being the model's
+    normalisation (``normalization``; ImageNet's std ≈ 0.226 when the model has no
+    ``Normalize`` module): after the model's normalisation it is N(0, sigma²). Targets and
+    activations A come from the clean image. ``seed`` makes the noise repeatable."""
 
     def __init__(self, model: nn.Module, target_layer: LayerSpec, *, n_samples: int = 4, sigma: float = 0.3,
                  seed: int | None = None, **kw: Any):
@@ -116,10 +120,12 @@ class SmoothGradCAMPlusPlus(GradientExtractor):
         gen = None
         if self.seed is not None:
             gen = torch.Generator(device=images.device).manual_seed(self.seed)
+        # σ in normalised units -> σ·std_c in the units of the images given to the extractor
+        scale = (self.sigma * self.input_stats(images.device)[1]).to(images.dtype)
         sums: list[torch.Tensor] = []  # Σ G, Σ G², Σ G³ over the noisy copies
         for _ in range(self.n_samples):
             noise = torch.randn(images.shape, generator=gen, device=images.device, dtype=images.dtype)
-            _, (g,), _ = self._acts_and_grads(images + self.sigma * noise, t, differentiable)
+            _, (g,), _ = self._acts_and_grads(images + scale * noise, t, differentiable)
             gg = g * g
             powers = [g, gg, gg * g]
             sums = powers if not sums else [s + p for s, p in zip(sums, powers)]
@@ -144,8 +150,10 @@ class XGradCAM(GradientExtractor):
 class LayerCAM(GradientExtractor):
     """LayerCAM (Jiang et al., 2021): M = ReLU(Σ_k ReLU(∂s_c/∂A_k) ⊙ A_k),
     element-wise weights. Several target layers (a list) are fused: each layer's map is
-    upsampled to the finest layer grid, min-max normalised, scaled by tanh(gamma·M)
-    (the paper's scaling of shallow-layer maps, gamma=2; ``gamma=None`` disables it) and
+    upsampled to the finest layer grid and min-max normalised; the maps of the shallow
+    layers — every target layer but the deepest, i.e. the one the forward runs last — are
+    scaled by tanh(gamma·M) (the paper's §III-C scaling of shallow-layer maps, gamma=2;
+    ``gamma=None`` disables it), the deepest layer's map is used as it is; then they are
     fused by element-wise ``max`` (the paper's fusion, default) or ``sum``. With several
     layers, ``raw=True`` returns the fused map on the finest grid."""
 
@@ -161,4 +169,5 @@ class LayerCAM(GradientExtractor):
     def _maps(self, images: torch.Tensor, targets: Any, differentiable: bool) -> torch.Tensor:
         acts, grads, _ = self._acts_and_grads(images, targets, differentiable)
         maps = [F.relu((F.relu(g) * a).sum(dim=1)) for a, g in zip(acts, grads)]
-        return fuse_layer_maps(maps, self.fuse, self.gamma)
+        deepest = self._fired[-1] if self._fired else len(maps) - 1
+        return fuse_layer_maps(maps, self.fuse, self.gamma, shallow=[i != deepest for i in range(len(maps))])

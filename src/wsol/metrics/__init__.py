@@ -29,14 +29,22 @@ Masks
     has no pixel label and is skipped by the pixel metrics. An all-zero mask (a normal
     histology image) is evaluated: its pixels are background pixels.
 
+Threshold grid (``cam_curve_interval``)
+    Both sweeps use wsolevaluation's grid: τ_l = ``np.arange(0, 1, cam_curve_interval)[l]``
+    (float64; default step 0.001, wsolevaluation's training-time value; its evaluation
+    script defaults to 0.01), and for the pixel metrics also τ_T = 1.0. Every accumulator
+    and one-call function takes ``cam_curve_interval`` and records it in its result dict
+    (key ``cam_curve_interval``). The step is the only thing that changes with it; below,
+    "0.001" and "1000" stand for the default grid.
+
 Pixel thresholds
-    τ_l = l/1000, l = 0..1000 (τ = 1.0, each image's maximum, is a point of the curve).
-    A pixel is positive at τ iff s ≥ τ, comparing float32 s with float32(l)/1000 (the
-    correctly rounded float32 of l/1000, what ``cam >= 0.3`` compares with in torch); a
-    value exactly on a threshold is positive there. Each pixel falls in bin
-    l(s) = max{l : τ_l ≤ s} (floor(1000·s), corrected for rounding); histograms of bins are
-    pooled over the split (pixels of all images summed, not averaged per image). A τ given
-    by the caller is snapped to the nearest grid point.
+    A pixel is positive at τ iff s ≥ τ, comparing the float32 value s exactly with the
+    float64 τ_l, as ``np.histogram`` does in wsolevaluation's MaskEvaluator (so float32(0.7)
+    = 0.69999999 is below τ = 0.7; float32(0.3) = 0.30000001 is above τ = 0.3). Each pixel
+    falls in bin l(s) = max{l : τ_l ≤ s}; binning is exact and identical on CPU and CUDA
+    (no division: see :mod:`wsol.metrics.pixel`). Histograms of bins are pooled over the
+    split (pixels of all images summed, not averaged per image). A τ given by the caller is
+    snapped to the nearest grid point.
 
 PxAP (survey Eq. 16; Choe et al. 2020)
     P(τ) = TP/(TP+FP), R(τ) = TP/#fg over pooled pixels. Walking τ from 1.0 down to 0:
@@ -48,20 +56,21 @@ PxAP (survey Eq. 16; Choe et al. 2020)
 Confusion* (survey Eqs. 17–24)
     TP(τ), FN(τ) in % of foreground pixels, FP(τ), TN(τ) in % of background pixels (pooled),
     averaged over τ ∈ {0.001, ..., 1.000} (1000 values) → ``tp_star``, ``fn_star``,
-    ``fp_star``, ``tn_star``; TP*+FN* = FP*+TN* = 100. Without background pixels FP*/TN*
-    are NaN.
+    ``fp_star``, ``tn_star`` (τ_1..τ_T on another step); TP*+FN* = FP*+TN* = 100. Without
+    background pixels FP*/TN* are NaN.
 
 τ* and Dice
     τ* (``tau_star``) = argmax over τ_l of the pooled mean IoU of the two classes
     ((IoU_fg + IoU_bg)/2, a class absent from both mask and prediction left out; ties → the
     smallest τ). ``dice_fg_pooled`` = 2TP/(2TP+FP+FN), ``dice_bg_pooled`` = 2TN/(2TN+FN+FP)
     with pixels pooled over the split, at ``tau`` (given, e.g. τ* chosen on valpx and used
-    on test; snapped to the grid l/1000; default: this split's τ*), reported as ``tau``;
+    on test; snapped to the grid; default: this split's τ*), reported as ``tau``;
     the same at this split's τ* as ``*_tau_star``. ``f1_fg_mean`` / ``f1_bg_mean``: the
     MAXMIN / min-max-entropy definition (max-min-uncertainty Eqs. 14–15): per-image Dice of
     the foreground (resp. background) at τ = 0.5 (s ≥ 0.5 is foreground), averaged over the
     images that have foreground (resp. background) pixels; ``f1_tau`` = 0.5 is the
-    threshold on the CAM itself (not 1 − τ).
+    threshold on the CAM itself (not 1 − τ); ``f1_tau`` may be any value (a method's own
+    σ): a pixel is foreground iff ``cam >= f1_tau`` as torch compares it (float32).
 
 Region sizes and histograms
     ``curves()["regions"]``: per image (update order) the true ROI fraction of its valid
@@ -71,7 +80,7 @@ Region sizes and histograms
 
 Boxes (wsolevaluation semantics; f-cam.txt §4.1)
     The CAM is quantised to uint8 as ``(s·255).astype(uint8)`` (truncation). For τ in
-    {0, 0.001, ..., 0.999} (``np.arange(0, 1, 0.001)``), pixels with q > int(τ·max q) are
+    {0, 0.001, ..., 0.999} (``np.arange(0, 1, cam_curve_interval)``), pixels with q > int(τ·max q) are
     kept (strict); contours from ``cv2.findContours(RETR_TREE, CHAIN_APPROX_SIMPLE)``; the box
     of a contour is (x, y, min(x+w, W−1), min(y+h, H−1)) from ``cv2.boundingRect``; no
     contour → box (0, 0, 0, 0). IoU uses inclusive areas ((x2−x1+1)·(y2−y1+1)); an image's
@@ -112,28 +121,34 @@ from wsol.metrics.boxes import BoxAccumulator, box_iou, box_metrics, rescale_box
 from wsol.metrics.classification import ClassificationAccumulator
 from wsol.metrics.distributed import all_reduce_accumulator
 from wsol.metrics.pixel import (
+    DEFAULT_INTERVAL,
     IGNORE_INDEX,
     N_THRESHOLDS,
     PixelAccumulator,
+    ThresholdGrid,
     pixel_metrics,
     threshold_bins,
     threshold_grid,
+    threshold_grid_for,
     validate_cams,
 )
 
 __all__ = [
     "BoxAccumulator",
     "ClassificationAccumulator",
+    "DEFAULT_INTERVAL",
     "IGNORE_INDEX",
     "all_reduce_accumulator",
     "N_THRESHOLDS",
     "PixelAccumulator",
+    "ThresholdGrid",
     "box_iou",
     "box_metrics",
     "pixel_metrics",
     "rescale_boxes",
     "threshold_bins",
     "threshold_grid",
+    "threshold_grid_for",
     "validate_cams",
     "weight_map_box",
     "weight_map_scores",

@@ -2,14 +2,18 @@
 §4.1): MaxBoxAcc (V1), MaxBoxAccV2, GT-known / top-1 / top-5 localisation, plus the
 weight-map box rule (weight-map-wsol.txt Eqs. 5-6). Conventions: see the package docstring.
 
-Per image the CAM is quantised once to uint8; the 1000 thresholds τ map to integer levels
-``int(τ·max)``, and the binary map ``q > level`` only changes where a level crosses a pixel
-value that occurs in the image, so contours are computed once per distinct binary map
-(≤ 256 per image) and scattered back to the 1000 thresholds. State: per-τ counters only.
+Per image the CAM is quantised once to uint8; the thresholds τ ∈ ``np.arange(0, 1,
+cam_curve_interval)`` map to integer levels ``int(τ·max)``, and the binary map ``q > level``
+only changes where a level crosses a pixel value that occurs in the image, so contours are
+computed once per distinct binary map (≤ 256 per image), on the bounding crop of its
+foreground, and scattered back to the thresholds. Boxes and areas of all the contours of an
+image are then computed in one vectorised pass (``cv2.boundingRect`` = min/max of the points,
+``cv2.contourArea`` = the shoelace sum, exact in integers). State: per-τ counters only.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -19,10 +23,10 @@ import numpy as np
 import torch
 
 from wsol.errors import MetricError
-from wsol.metrics.pixel import validate_cams
+from wsol.metrics.pixel import DEFAULT_INTERVAL, threshold_grid_for, validate_cams
 
 #: τ ∈ {0, 0.001, ..., 0.999}, exactly as wsolevaluation builds them (np.arange, float64)
-BOX_TAUS = np.arange(0, 1, 0.001)
+BOX_TAUS = np.arange(0, 1, DEFAULT_INTERVAL)
 IOU_DELTAS = (0.3, 0.5, 0.7)
 #: LEVELS[l, m] = int(τ_l · m): the uint8 level of threshold l for an image whose quantised
 #: maximum is m (same float64 arithmetic as wsolevaluation's ``int(threshold * max)``)
@@ -30,9 +34,39 @@ LEVELS = np.floor(BOX_TAUS[:, None] * np.arange(256)[None, :]).astype(np.int64)
 WEIGHT_MAP_FRACTION = 0.1  # Eq. 5, weight-map-wsol: τ = max(M)/10
 
 
+@functools.lru_cache(maxsize=16)
+def box_grid(cam_curve_interval: float = DEFAULT_INTERVAL) -> tuple[np.ndarray, np.ndarray]:
+    """(τ list, level table) of a box sweep: τ = ``np.arange(0, 1, cam_curve_interval)``
+    (wsolevaluation's ``cam_threshold_list``) and ``levels[l, m] = int(τ_l · m)``."""
+    taus = threshold_grid_for(cam_curve_interval).taus[:-1]  # the same np.arange, validated
+    taus.setflags(write=False)
+    levels = np.floor(taus[:, None] * np.arange(256)[None, :]).astype(np.int64)
+    levels.setflags(write=False)
+    return taus, levels
+
+
 def quantize(cams: torch.Tensor) -> np.ndarray:
     """uint8 maps as wsolevaluation: ``(s·255).astype(uint8)`` (float32 product, truncated)."""
     return (cams.float() * 255).to(torch.uint8).cpu().numpy()
+
+
+def _rects_and_areas(contours: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """``cv2.boundingRect`` (x, y, w, h) and ``cv2.contourArea`` of every contour, in one
+    vectorised pass over their concatenated points (shoelace sum in int64: exact, so the
+    same double as OpenCV's)."""
+    lengths = np.fromiter((len(c) for c in contours), dtype=np.int64, count=len(contours))
+    pts = np.concatenate(contours).reshape(-1, 2).astype(np.int64)
+    starts = np.zeros(len(contours), dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    x, y = pts[:, 0], pts[:, 1]
+    x0, y0 = np.minimum.reduceat(x, starts), np.minimum.reduceat(y, starts)
+    w = np.maximum.reduceat(x, starts) - x0 + 1
+    h = np.maximum.reduceat(y, starts) - y0 + 1
+    nxt = np.arange(1, len(pts) + 1)
+    nxt[starts + lengths - 1] = starts  # each contour is closed
+    cross = x * y[nxt] - x[nxt] * y
+    areas = np.abs(np.add.reduceat(cross, starts)) * 0.5
+    return np.stack([x0, y0, w, h], axis=1), areas
 
 
 def contour_boxes(
@@ -46,10 +80,9 @@ def contour_boxes(
     contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
     if len(contours) == 0:
         return np.zeros((1, 4), dtype=np.int64), 0
-    rects = np.array([cv2.boundingRect(c) for c in contours], dtype=np.int64).reshape(-1, 4)
+    rects, areas = _rects_and_areas(contours)
     x, y = rects[:, 0] + offset[0], rects[:, 1] + offset[1]
     boxes = np.stack([x, y, np.minimum(x + rects[:, 2], W - 1), np.minimum(y + rects[:, 3], H - 1)], axis=1)
-    areas = [cv2.contourArea(c) for c in contours]
     return boxes, int(np.argmax(areas))
 
 
@@ -78,38 +111,54 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a + area_b - inter)
 
 
-def image_box_ious(q: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best IoU with any GT box at each of the 1000 thresholds, for the largest contour (V1)
-    and for all contours (V2). ``q``: uint8 H×W map; ``gt``: K×4 boxes."""
-    levels = LEVELS[:, int(q.max())]  # 1000 integer levels, pixels kept if q > level
+def image_box_ious(q: np.ndarray, gt: np.ndarray, levels: np.ndarray = LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """Best IoU with any GT box at each threshold, for the largest contour (V1) and for all
+    contours (V2). ``q``: uint8 H×W map; ``gt``: K×4 boxes; ``levels``: the sweep's level
+    table (:func:`box_grid`; default step 0.001)."""
+    H, W = q.shape
+    lv = levels[:, int(q.max())]  # integer level per threshold, pixels kept if q > level
     values = np.unique(q)
     # q > level ⟺ q ≥ first value above level: the binary map depends only on that rank
-    rank = np.searchsorted(values, levels, side="right")
+    rank = np.searchsorted(values, lv, side="right")
     ranks, inverse = np.unique(rank, return_inverse=True)
-    # bounding rows/columns of {q ≥ v} for every value v: findContours runs on that crop
-    # (with a 1-pixel zero margin, so the result is the full map's, translated)
-    H, W = q.shape
-    rows = q.max(axis=1)[None, :] >= values[:, None]  # V×H
-    cols = q.max(axis=0)[None, :] >= values[:, None]  # V×W
-    y0, y1 = rows.argmax(1), H - 1 - rows[:, ::-1].argmax(1)
-    x0, x1 = cols.argmax(1), W - 1 - cols[:, ::-1].argmax(1)
-    boxes, largest, starts = [], [], []
-    n = 0
-    for r in ranks:
-        if r >= len(values):  # nothing above the level: no contour
-            b, k = np.zeros((1, 4), dtype=np.int64), 0
-        else:
-            ya, yb = max(y0[r] - 1, 0), min(y1[r] + 2, H)
-            xa, xb = max(x0[r] - 1, 0), min(x1[r] + 2, W)
-            crop = np.ascontiguousarray(q[ya:yb, xa:xb] >= values[r]).view(np.uint8)
-            b, k = contour_boxes(crop, (xa, ya), (H, W))
-        boxes.append(b)
-        largest.append(n + k)
-        starts.append(n)
-        n += len(b)
-    iou = box_iou(np.concatenate(boxes), gt).max(axis=1)  # best GT match of every box
-    best_v1 = iou[largest]
-    best_v2 = np.maximum.reduceat(iou, starts)
+    live = ranks[ranks < len(values)]  # ranks with something above the level
+    v = values[live]
+    # bounding rows/columns of {q ≥ v} for each map: findContours runs on that crop (with a
+    # 1-pixel zero margin, so the result is the full map's, translated)
+    rows = q.max(axis=1)[None, :] >= v[:, None]  # R×H
+    cols = q.max(axis=0)[None, :] >= v[:, None]  # R×W
+    ya = np.maximum(rows.argmax(1) - 1, 0)
+    yb = np.minimum(H - rows[:, ::-1].argmax(1) + 1, H)
+    xa = np.maximum(cols.argmax(1) - 1, 0)
+    xb = np.minimum(W - cols[:, ::-1].argmax(1) + 1, W)
+    contours: list[np.ndarray] = []
+    counts = np.zeros(len(ranks), dtype=np.int64)
+    for j in range(len(live)):
+        crop = np.ascontiguousarray(q[ya[j] : yb[j], xa[j] : xb[j]] >= v[j]).view(np.uint8)
+        found = cv2.findContours(crop, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
+        counts[j] = len(found)
+        contours.extend(found)
+    best_v1 = np.empty(len(ranks))
+    best_v2 = np.empty(len(ranks))
+    empty = counts == 0
+    if empty.any():  # no contour: the box (0, 0, 0, 0), as wsolevaluation
+        best_v1[empty] = best_v2[empty] = box_iou(np.zeros((1, 4), dtype=np.int64), gt).max()
+    if contours:
+        rects, areas = _rects_and_areas(contours)
+        owner = np.repeat(np.arange(len(ranks)), counts)  # map of each contour
+        x, y = rects[:, 0] + xa[owner], rects[:, 1] + ya[owner]
+        boxes = np.stack([x, y, np.minimum(x + rects[:, 2], W - 1), np.minimum(y + rects[:, 3], H - 1)], axis=1)
+        iou = box_iou(boxes, gt).max(axis=1)  # best GT match of every box
+        full = ~empty
+        starts = np.zeros(len(ranks), dtype=np.int64)
+        np.cumsum(counts[:-1], out=starts[1:])
+        starts = starts[full]
+        best_v2[full] = np.maximum.reduceat(iou, starts)  # V2: all contours
+        # V1: the largest contour of each map (cv2.contourArea; the first one on a tie)
+        top = np.maximum.reduceat(areas, starts)
+        is_top = np.flatnonzero(areas == top[np.searchsorted(starts, np.arange(len(areas)), side="right") - 1])
+        first = is_top[np.unique(owner[is_top], return_index=True)[1]]
+        best_v1[full] = iou[first]
     return best_v1[inverse], best_v2[inverse]
 
 
@@ -173,12 +222,16 @@ class BoxAccumulator:
     counts only if its target is the top-1 / within the top-5 prediction; needs ``logits``),
     the weight-map rule's accuracy and mean score S. State: per-τ counters (memory does not
     grow with the number of images); ``merge``/``+``/``state_dict`` sum exactly. ``workers``:
-    threads over the images of a batch (default ``torch.get_num_threads()``)."""
+    threads over the images of a batch (default ``torch.get_num_threads()``).
+    ``cam_curve_interval``: step of the threshold sweep τ ∈ ``np.arange(0, 1, step)``
+    (wsolevaluation's ``cam_curve_interval``; default 0.001), recorded in ``compute()``."""
 
-    def __init__(self, workers: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, cam_curve_interval: float = DEFAULT_INTERVAL) -> None:
         #: threads over the images of a batch (None: torch.get_num_threads())
         self.workers = workers
-        n = len(BOX_TAUS)
+        self.cam_curve_interval = threshold_grid_for(cam_curve_interval).interval
+        self.taus, self.levels = box_grid(self.cam_curve_interval)
+        n = len(self.taus)
         self.v1 = torch.zeros(n, dtype=torch.int64)  # #images with IoU ≥ 0.5 (largest contour)
         self.v2 = torch.zeros(len(IOU_DELTAS), n, dtype=torch.int64)  # per δ, all contours
         self.top1 = torch.zeros(n, dtype=torch.int64)
@@ -206,7 +259,7 @@ class BoxAccumulator:
         gts = [_as_boxes(b, i) for i, b in enumerate(gt_boxes)]
 
         def one(i: int) -> tuple[np.ndarray, np.ndarray, bool, float]:
-            b1, b2 = image_box_ious(qs[i], gts[i])
+            b1, b2 = image_box_ious(qs[i], gts[i], self.levels)
             box, s = weight_map_box(cams_np[i])
             return b1, b2, bool(box_iou(box[None], gts[i]).max() >= 0.5), s
 
@@ -216,10 +269,11 @@ class BoxAccumulator:
                 results = list(pool.map(one, range(len(qs))))
         else:
             results = [one(i) for i in range(len(qs))]
-        v1 = np.zeros(len(BOX_TAUS), dtype=np.int64)
-        v2 = np.zeros((len(IOU_DELTAS), len(BOX_TAUS)), dtype=np.int64)
-        t1 = np.zeros(len(BOX_TAUS), dtype=np.int64)
-        t5 = np.zeros(len(BOX_TAUS), dtype=np.int64)
+        n_tau = len(self.taus)
+        v1 = np.zeros(n_tau, dtype=np.int64)
+        v2 = np.zeros((len(IOU_DELTAS), n_tau), dtype=np.int64)
+        t1 = np.zeros(n_tau, dtype=np.int64)
+        t5 = np.zeros(n_tau, dtype=np.int64)
         wm_ok, wm_s = 0, 0.0  # weight-map rule: #IoU ≥ 0.5, sum of S
         for i, (b1, b2, wm_hit, s) in enumerate(results):
             hit1 = b1 >= 0.5
@@ -240,12 +294,14 @@ class BoxAccumulator:
         self.wm_score += wm_s
 
     def merge(self, other: BoxAccumulator) -> BoxAccumulator:
+        if other.cam_curve_interval != self.cam_curve_interval:
+            raise MetricError("merge: BoxAccumulators with different cam_curve_interval cannot be merged")
         for k, v in other.state_dict().items():
             getattr(self, k).add_(v)
         return self
 
     def __add__(self, other: BoxAccumulator) -> BoxAccumulator:
-        return BoxAccumulator(self.workers).merge(self).merge(other)
+        return BoxAccumulator(self.workers, self.cam_curve_interval).merge(self).merge(other)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         keys = ("v1", "v2", "top1", "top5", "counts", "wm_score")
@@ -253,7 +309,13 @@ class BoxAccumulator:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         for k, v in state.items():
-            setattr(self, k, v.detach().cpu().to(getattr(self, k).dtype).clone())
+            have = getattr(self, k)
+            if tuple(v.shape) != tuple(have.shape):
+                raise MetricError(
+                    f"load_state_dict: {k} has shape {tuple(v.shape)}, this accumulator {tuple(have.shape)} "
+                    f"(cam_curve_interval={self.cam_curve_interval}); build it with the same interval"
+                )
+            setattr(self, k, v.detach().cpu().to(have.dtype).clone())
 
     def compute(self) -> dict[str, float]:
         n, n_top1, n_top5, wm_ok = (int(v) for v in self.counts)
@@ -264,7 +326,7 @@ class BoxAccumulator:
         l1 = int(acc1.argmax())
         out: dict[str, float] = {
             "max_box_acc": float(acc1[l1]),
-            "max_box_acc_tau": float(BOX_TAUS[l1]),
+            "max_box_acc_tau": float(self.taus[l1]),
             "gt_known_loc": float(acc1[l1]),
         }
         per_delta = []
@@ -272,24 +334,26 @@ class BoxAccumulator:
             best = int(row.argmax())
             per_delta.append(float(row[best]))
             out[f"max_box_acc_v2_iou{int(round(d * 100))}"] = float(row[best])
-            out[f"max_box_acc_v2_iou{int(round(d * 100))}_tau"] = float(BOX_TAUS[best])
+            out[f"max_box_acc_v2_iou{int(round(d * 100))}_tau"] = float(self.taus[best])
         out["max_box_acc_v2"] = float(np.mean(per_delta))
         for name, cnt, n_k in (("top1_loc", self.top1, n_top1), ("top5_loc", self.top5, n_top5)):
             if n_k == n:
                 acc = 100.0 * cnt.double() / n
                 best = int(acc.argmax())
                 out[name] = float(acc[best])
-                out[f"{name}_tau"] = float(BOX_TAUS[best])
+                out[f"{name}_tau"] = float(self.taus[best])
         out["weight_map_box_acc"] = 100.0 * wm_ok / n
         out["weight_map_score_s"] = float(self.wm_score) / n
         out["n_box_images"] = n
+        out["cam_curve_interval"] = self.cam_curve_interval
         return out
 
     def curves(self) -> dict[str, Any]:
-        """Localisation accuracy (%) vs τ (τ = 0, 0.001, ..., 0.999): V1 and per-δ V2
-        (+ top-1/top-5 loc when logits were given)."""
+        """Localisation accuracy (%) vs τ (τ = 0, step, ..., < 1; 0.001 by default): V1 and
+        per-δ V2 (+ top-1/top-5 loc when logits were given)."""
         n = max(int(self.counts[0]), 1)
-        out: dict[str, Any] = {"tau": BOX_TAUS.tolist(), "box_acc": (100.0 * self.v1.double() / n).tolist()}
+        out: dict[str, Any] = {"tau": self.taus.tolist(), "box_acc": (100.0 * self.v1.double() / n).tolist(),
+                               "cam_curve_interval": self.cam_curve_interval}
         for d, row in zip(IOU_DELTAS, self.v2):
             out[f"box_acc_v2_iou{int(round(d * 100))}"] = (100.0 * row.double() / n).tolist()
         for j, (name, cnt) in enumerate((("top1_loc", self.top1), ("top5_loc", self.top5)), start=1):
@@ -298,11 +362,13 @@ class BoxAccumulator:
         return out
 
 
-def box_metrics(cams: Any, gt_boxes: Sequence[Any], preds: Any = None, targets: Any = None) -> dict[str, float]:
+def box_metrics(cams: Any, gt_boxes: Sequence[Any], preds: Any = None, targets: Any = None,
+                cam_curve_interval: float = DEFAULT_INTERVAL) -> dict[str, float]:
     """One call on whole tensors/arrays: ``cams`` N×H×W in [0, 1]; ``gt_boxes`` N arrays K_i×4
     in the CAMs' pixel frame; ``preds`` N×C logits (or scores) for top-1/top-5 loc with
-    ``targets`` N class ids (the GT labels). Same numbers and keys as :class:`BoxAccumulator`."""
-    acc = BoxAccumulator()
+    ``targets`` N class ids (the GT labels). Same numbers and keys as :class:`BoxAccumulator`
+    (``cam_curve_interval``: the sweep's threshold step)."""
+    acc = BoxAccumulator(cam_curve_interval=cam_curve_interval)
     acc.update(torch.as_tensor(cams), gt_boxes, None if preds is None else torch.as_tensor(preds), targets)
     return acc.compute()
 

@@ -6,10 +6,13 @@ features at each resolution a U-Net decoder needs (``stage_names``, ``stage_chan
 ``stage_strides``; see :mod:`wsol.nn.decoders`). Backbones are registered by name in
 :data:`BACKBONES` (a lazy table: a module is imported when its name is first used).
 
-``cam_friendly=True`` applies the WSOL protocol's higher-resolution variants (Choe et al.,
-2020, as used by the survey): ResNet with layer3 and layer4 at stride 1 (28×28 maps at
-224²), VGG-16 without its last max-pool (14×14 at 224²), Inception-v3 cut after Mixed_6e,
-EfficientNet-Lite0 with its last strided stage at stride 1.
+``cam_friendly=True`` applies the WSOL protocol's CAM architectures (wsolevaluation, Choe
+et al., 2020, with ``large_feature_map``; f-cam.txt Table F.2), all 28×28 maps at 224²
+(stride 8): ResNet with layer3 and layer4 at stride 1 (wsol/resnet.py, ResNetCam); VGG-16
+without pool4 and pool5, plus conv6 (3×3, 1024 channels) + ReLU (wsol/vgg.py, VggCam);
+Inception-v3 as wsol/inception.py's InceptionCam (padded stem and pools, Mixed_6a at stride
+1, no Mixed_7, then two 3×3 1024-channel convolutions). EfficientNet-Lite0 gets its last
+strided stage at stride 1 (stride 16).
 
 Weights: ``none`` (random init, the default), a torchvision weights enum name (e.g.
 ``IMAGENET1K_V1`` or ``ResNet50_Weights.IMAGENET1K_V2``; downloaded by torchvision when
@@ -21,6 +24,7 @@ ignored).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import NamedTuple
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision.models as tvm
 
 from wsol.config import BackboneConfig
@@ -95,6 +100,8 @@ class FeatureBackbone(nn.Module):
             raise ValueError("FeatureBackbone needs at least one layer")
         self.normalize = Normalize()
         for name, mod in layers.items():
+            if name in self.__dict__ or hasattr(type(self), name):
+                raise ValueError(f"layer name {name!r} clashes with an attribute of FeatureBackbone; rename it")
             self.add_module(name, mod)
         self.layer_names: list[str] = list(layers)
         self.out_channels = out_channels
@@ -102,8 +109,8 @@ class FeatureBackbone(nn.Module):
         self.family = family
         if stages is None:
             stages = [Stage(self.layer_names[-1], out_channels, stride)]
-        self.stages: tuple[Stage, ...] = tuple(Stage(*s) for s in stages)
-        last = self.stages[-1]
+        self.stage_specs: tuple[Stage, ...] = tuple(Stage(*s) for s in stages)
+        last = self.stage_specs[-1]
         if (last.channels, last.stride) != (out_channels, stride):
             raise ValueError(f"last stage {last} must give the trunk's output ({out_channels} channels, stride {stride})")
         strides = self.stage_strides
@@ -114,27 +121,27 @@ class FeatureBackbone(nn.Module):
     # --- stage description ------------------------------------------------------------
     @property
     def stage_names(self) -> list[str]:
-        return [s.name for s in self.stages]
+        return [s.name for s in self.stage_specs]
 
     @property
     def stage_channels(self) -> list[int]:
-        return [s.channels for s in self.stages]
+        return [s.channels for s in self.stage_specs]
 
     @property
     def stage_strides(self) -> list[int]:
-        return [s.stride for s in self.stages]
+        return [s.stride for s in self.stage_specs]
 
     @property
     def default_layer(self) -> str:
         """Dotted name (relative to the backbone) of the layer that outputs the feature map."""
-        return self.stages[-1].name
+        return self.stage_specs[-1].name
 
     def _build_plan(self) -> list[tuple[str, int | None]]:
         """``(dotted module name, stage index or None)`` in run order: a child holding a
         stage below it is unrolled into its parts (it must then be an ``nn.Sequential``,
         whose forward is running its parts in order)."""
-        taps = {s.name: i for i, s in enumerate(self.stages)}
-        if len(taps) != len(self.stages):
+        taps = {s.name: i for i, s in enumerate(self.stage_specs)}
+        if len(taps) != len(self.stage_specs):
             raise ValueError(f"duplicate stage names in {self.stage_names}")
         plan: list[tuple[str, int | None]] = []
 
@@ -151,12 +158,12 @@ class FeatureBackbone(nn.Module):
                 plan.append(("", taps[name]))  # the Sequential's output: the current tensor
 
         for name in self.layer_names:
-            visit(name, getattr(self, name))
+            visit(name, self._modules[name])  # type: ignore[arg-type]
         found = [i for _, i in plan if i is not None]
-        if found != list(range(len(self.stages))):
-            missing = sorted(set(range(len(self.stages))) - set(found))
+        if found != list(range(len(self.stage_specs))):
+            missing = sorted(set(range(len(self.stage_specs))) - set(found))
             if missing:
-                raise ValueError(f"stages {[self.stages[i].name for i in missing]} are not modules of this backbone")
+                raise ValueError(f"stages {[self.stage_specs[i].name for i in missing]} are not modules of this backbone")
             raise ValueError(f"stages {self.stage_names} are not in the order the layers run")
         return plan
 
@@ -164,7 +171,7 @@ class FeatureBackbone(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
         for name in self.layer_names:
-            x = getattr(self, name)(x)
+            x = self._modules[name](x)  # type: ignore[misc]
         return x
 
     def forward_stages(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -219,15 +226,57 @@ def _resnet(name: str, cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
 
 def _vgg16(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
     net = tvm.vgg16(weights=None)
-    feats = net.features
     # after the last ReLU of conv blocks 2..5 (before their max-pool), then pool5
     stages = [Stage("features.8", 128, 2), Stage("features.15", 256, 4), Stage("features.22", 512, 8),
               Stage("features.29", 512, 16)]
-    if cam_friendly:
-        feats = nn.Sequential(*list(feats.children())[:-1])  # drop pool5
-    else:
+    if not cam_friendly:
         stages.append(Stage("features.30", 512, 32))
-    return net, FeatureBackbone({"features": feats}, 512, stages[-1].stride, stages, family="vgg")
+        return net, FeatureBackbone({"features": net.features}, 512, 32, stages, family="vgg")
+    # wsolevaluation wsol/vgg.py, VggCam with large_feature_map (config 'cam'/'28x28'): the
+    # conv layers without pool4 and pool5, then conv6 (3×3, 512 -> 1024, He init) + ReLU:
+    # 1024 channels, 28×28 maps at 224² (f-cam.txt Table F.2: VGG16 #NFM 1024, SFM 28x28).
+    # pool4 becomes an identity so that torchvision's layer indices (weight keys, the ADL /
+    # SPG positions) stay those of vgg16.features.
+    feats = nn.Sequential(*list(net.features.children())[:-1])  # drop pool5
+    feats[23] = nn.Identity()  # pool4
+    conv6 = nn.Conv2d(512, 1024, kernel_size=3, padding=1)
+    nn.init.kaiming_normal_(conv6.weight, mode="fan_out", nonlinearity="relu")  # initialize_weights(..., 'he')
+    nn.init.zeros_(conv6.bias)  # type: ignore[arg-type]
+    stages = [Stage("features.8", 128, 2), Stage("features.15", 256, 4), Stage("features.22", 512, 8),
+              Stage("features.29", 512, 8), Stage("relu6", 1024, 8)]
+    layers = {"features": feats, "conv6": conv6, "relu6": nn.ReLU(inplace=False)}
+    return net, FeatureBackbone(layers, 1024, 8, stages, family="vgg")
+
+
+class InceptionBStride1(nn.Module):
+    """Inception-v3's Mixed_6a (torchvision ``InceptionB``, its modules and weight names) run
+    at stride 1 with padding 1, as wsolevaluation's ``InceptionB(288, kernel_size=3,
+    stride=1, padding=1)`` (wsol/inception.py): both 3×3 branches and the max-pool branch."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        self.branch3x3: nn.Module = block.get_submodule("branch3x3")
+        self.branch3x3dbl_1: nn.Module = block.get_submodule("branch3x3dbl_1")
+        self.branch3x3dbl_2: nn.Module = block.get_submodule("branch3x3dbl_2")
+        self.branch3x3dbl_3: nn.Module = block.get_submodule("branch3x3dbl_3")
+        for conv in (block.get_submodule("branch3x3.conv"), block.get_submodule("branch3x3dbl_3.conv")):
+            assert isinstance(conv, nn.Conv2d)
+            conv.stride, conv.padding = (1, 1), (1, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch3x3 = self.branch3x3(x)
+        dbl = self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x)))
+        pool = F.max_pool2d(x, kernel_size=3, stride=1, padding=1)
+        return torch.cat([branch3x3, dbl, pool], 1)
+
+
+def _spg_conv(cin: int, cout: int) -> nn.Sequential:
+    """3×3 conv + ReLU (+ dropout 0.5 after it, training only) of InceptionCam's 1024-channel
+    layers; xavier init (wsolevaluation's ``initialize_weights(..., 'xavier')``)."""
+    conv = nn.Conv2d(cin, cout, kernel_size=3, padding=1)
+    nn.init.xavier_uniform_(conv.weight)
+    nn.init.zeros_(conv.bias)  # type: ignore[arg-type]
+    return nn.Sequential(conv, nn.ReLU(inplace=True), nn.Dropout(0.5))
 
 
 def _inception_v3(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
@@ -236,15 +285,29 @@ def _inception_v3(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
         "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1", "Conv2d_4a_3x3",
         "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
     ]
-    # the encoder layers of F-CAM's Table F.2 (64, 80, 288, 768 channels; 2048 after Mixed_7c)
-    stages = [Stage("Conv2d_2b_3x3", 64, 2), Stage("Conv2d_3b_1x1", 80, 4), Stage("Mixed_5d", 288, 8),
-              Stage("Mixed_6e", 768, 16)]
     if not cam_friendly:
-        names += ["Mixed_7a", "Mixed_7b", "Mixed_7c"]
-        stages.append(Stage("Mixed_7c", 2048, 32))
-    last = stages[-1]
-    return net, FeatureBackbone({n: getattr(net, n) for n in names}, last.channels, last.stride, stages,
-                                family="inception")
+        # the encoder layers of F-CAM's Table F.2 (64, 80, 288, 768 channels; 2048 after Mixed_7c)
+        stages = [Stage("Conv2d_2b_3x3", 64, 2), Stage("Conv2d_3b_1x1", 80, 4), Stage("Mixed_5d", 288, 8),
+                  Stage("Mixed_6e", 768, 16), Stage("Mixed_7c", 2048, 32)]
+        layers = {n: getattr(net, n) for n in names + ["Mixed_7a", "Mixed_7b", "Mixed_7c"]}
+        return net, FeatureBackbone(layers, 2048, 32, stages, family="inception")
+    # wsolevaluation wsol/inception.py, InceptionCam with large_feature_map: Conv2d_1a_3x3 with
+    # padding 1; both max-pools 3×3/2 with padding 1 and ceil_mode; no max-pool after
+    # Mixed_5d; Mixed_6a at stride 1 (padding 1); then SPG_A3_1b (768 -> 1024) and SPG_A3_2b
+    # (1024 -> 1024), 3×3 conv + ReLU, with dropout 0.5 before each and after the last (training
+    # only). 1024 channels, 28×28 maps at 224² (f-cam.txt Table F.2: Inception #NFM 1024, SFM 28x28).
+    # Weight names stay torchvision's (SPG_A3_*.0 as in wsolevaluation).
+    net.Conv2d_1a_3x3.conv.padding = (1, 1)  # type: ignore[union-attr,method-assign]
+    layers = {n: getattr(net, n) for n in names}
+    layers["maxpool1"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    layers["maxpool2"] = nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True)
+    layers["Mixed_6a"] = InceptionBStride1(net.Mixed_6a)
+    layers["drop_6e"] = nn.Dropout(0.5)
+    layers["SPG_A3_1b"] = _spg_conv(768, 1024)
+    layers["SPG_A3_2b"] = _spg_conv(1024, 1024)
+    stages = [Stage("Conv2d_2b_3x3", 64, 2), Stage("Conv2d_3b_1x1", 80, 4), Stage("Mixed_5d", 288, 8),
+              Stage("Mixed_6e", 768, 8), Stage("SPG_A3_2b", 1024, 8)]
+    return net, FeatureBackbone(layers, 1024, 8, stages, family="inception")
 
 
 def resnet18(cam_friendly: bool) -> tuple[nn.Module, FeatureBackbone]:
@@ -265,14 +328,69 @@ RESNET34 = BackboneSpec(resnet34, "ResNet-34 (torchvision); CAM-friendly: layer3
                         "ResNet34_Weights")
 RESNET50 = BackboneSpec(resnet50, "ResNet-50 (torchvision); CAM-friendly: layer3/layer4 at stride 1 (stride 8)",
                         "ResNet50_Weights")
-VGG16 = BackboneSpec(_vgg16, "VGG-16 conv layers (torchvision); CAM-friendly: without pool5 (stride 16)",
-                     "VGG16_Weights")
-INCEPTION_V3 = BackboneSpec(_inception_v3, "Inception-v3 (torchvision); CAM-friendly: cut after Mixed_6e (stride 16)",
-                            "Inception_V3_Weights")
+VGG16 = BackboneSpec(_vgg16, "VGG-16 conv layers (torchvision); CAM-friendly: wsolevaluation's VggCam, no "
+                     "pool4/pool5 + conv6 1024 (stride 8)", "VGG16_Weights")
+INCEPTION_V3 = BackboneSpec(_inception_v3, "Inception-v3 (torchvision); CAM-friendly: wsolevaluation's InceptionCam, "
+                            "Mixed_6a at stride 1 + two 1024-channel convs (stride 8)", "Inception_V3_Weights")
+
+class BackboneRegistry(Registry[BackboneSpec]):
+    """The backbone registry, plus prefix rules: a name ``prefix:rest`` (``timm:resnet34``)
+    is resolved by the rule of ``prefix``, a lazy ``"module:function"`` (imported on first
+    use) or a callable taking ``rest`` and returning a :class:`BackboneSpec`. Resolved
+    specs are cached; :meth:`names` lists the named entries only (a rule stands for a family
+    of names, shown as ``prefix:<name>`` in error messages)."""
+
+    def __init__(self, kind: str, lazy: Mapping[str, str], field: str, prefixes: Mapping[str, str]):
+        super().__init__(kind, lazy, field=field)
+        self._rules: dict[str, str | Callable[[str], BackboneSpec]] = dict(prefixes)
+        self._resolved: dict[str, BackboneSpec] = {}
+
+    def add_prefix(self, prefix: str, rule: str | Callable[[str], BackboneSpec]) -> None:
+        """Resolve names ``prefix:<rest>`` with ``rule`` (a callable or ``"module:function"``)."""
+        if not prefix or ":" in prefix:
+            raise ValueError(f"backbone prefix must be a non-empty word without ':', got {prefix!r}")
+        have = self._rules.get(prefix)
+        if have is not None and have != rule:
+            raise ValueError(f"backbone prefix {prefix!r} registered twice")
+        self._rules[prefix] = rule
+
+    def prefixes(self) -> list[str]:
+        return sorted(self._rules)
+
+    def _rule(self, name: str) -> tuple[Callable[[str], BackboneSpec], str] | None:
+        prefix, sep, rest = name.partition(":")
+        rule = self._rules.get(prefix) if sep else None
+        if rule is None:
+            return None
+        if isinstance(rule, str):
+            module, _, attr = rule.partition(":")
+            rule = getattr(importlib.import_module(module), attr)
+        return rule, rest  # type: ignore[return-value]
+
+    def __contains__(self, name: object) -> bool:
+        return super().__contains__(name) or (isinstance(name, str) and self._rule(name) is not None)
+
+    def get(self, name: str) -> BackboneSpec:
+        found = self._rule(name) if ":" in name else None
+        if found is not None:
+            spec = self._resolved.get(name)
+            if spec is None:
+                rule, rest = found
+                if not rest:
+                    raise ConfigError(f"{self.field}: {name!r} names no model; write {name}<model name>")
+                spec = self._resolved[name] = rule(rest)
+            return spec
+        try:
+            return super().get(name)
+        except ConfigError as e:
+            rules = ", ".join(f"{p}:<name>" for p in self.prefixes())
+            raise ConfigError(f"{e}; or {rules}" if rules else str(e)) from None
+
 
 #: name -> BackboneSpec. Adding a backbone: a BackboneSpec in a module plus one line here
-#: (or ``BACKBONES.add(name, spec)`` / :func:`register_backbone` from user code).
-BACKBONES: Registry[BackboneSpec] = Registry(
+#: (or ``BACKBONES.add(name, spec)`` / :func:`register_backbone` from user code). Prefix
+#: rules: ``timm:<model>`` is any timm CNN (:mod:`wsol.nn.timm_backbones`).
+BACKBONES = BackboneRegistry(
     "backbone",
     {
         "resnet18": "wsol.nn.backbones:RESNET18",
@@ -283,6 +401,7 @@ BACKBONES: Registry[BackboneSpec] = Registry(
         "efficientnet_lite0": "wsol.nn.efficientnet:EFFICIENTNET_LITE0",
     },
     field="model.backbone.name",
+    prefixes={"timm": "wsol.nn.timm_backbones:resolve"},
 )
 
 
@@ -332,6 +451,17 @@ def _state_dict_from_weights(name: str, spec: BackboneSpec, weights: str) -> dic
         ) from None
 
 
+def head_prefixes(full: nn.Module) -> tuple[str, ...]:
+    """State-dict key prefixes of a full network's classifier (ignored when weights are loaded
+    into a backbone): torchvision's ``fc.`` / ``classifier.`` / ``AuxLogits.``, and a timm
+    model's own ``pretrained_cfg['classifier']`` (e.g. ``head.fc``)."""
+    heads = ["fc.", "classifier.", "AuxLogits."]
+    cls = (getattr(full, "pretrained_cfg", None) or {}).get("classifier")
+    for c in [cls] if isinstance(cls, str) else list(cls or ()):
+        heads.append(f"{c}.")
+    return tuple(heads)
+
+
 def build_backbone(cfg: BackboneConfig) -> FeatureBackbone:
     spec = BACKBONES.get(cfg.name)  # ConfigError listing the valid names
     special = spec.weights.get(cfg.weights.lower())
@@ -341,11 +471,12 @@ def build_backbone(cfg: BackboneConfig) -> FeatureBackbone:
     if cfg.weights.lower() != "none":
         sd = _state_dict_from_weights(cfg.name, spec, cfg.weights)
         own = full.state_dict()
-        keep = {k: v for k, v in sd.items() if k in own and not k.startswith(("fc.", "classifier.", "AuxLogits."))}
+        heads = head_prefixes(full)
+        keep = {k: v for k, v in sd.items() if k in own and not k.startswith(heads)}
         shape_bad = [k for k, v in keep.items() if own[k].shape != v.shape]
         if shape_bad:
             raise ConfigError(f"model.backbone.weights: shape mismatch for {shape_bad[:3]} (weights of another architecture?)")
-        missing = [k for k in own if k not in keep and not k.startswith(("fc.", "classifier.", "AuxLogits."))]
+        missing = [k for k in own if k not in keep and not k.startswith(heads)]
         if not keep or len(missing) > len(own) // 2:
             raise ConfigError(
                 f"model.backbone.weights: the weights match only {len(keep)} of {len(own)} tensors of {cfg.name}; "

@@ -9,6 +9,7 @@ Heads: :class:`GAPHead` (GAP/CAM, Eqs. 2-3), :class:`MaxPoolHead` (Oquab et al.)
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 
 import torch
@@ -176,12 +177,15 @@ class LSEHead(ClassMapHead):
 
 class PRMHead(ClassMapHead):
     """Peak Response Mapping's peak stimulation (Zhou et al., 2018; survey Eq. 5):
-    ``s_c = (1/N_c)·Σ_k M_c(i_k, j_k)`` over the ``N_c`` local maxima of ``M_c``.
+    ``s_c = (1/N_c)·Σ_k M_c(i_k, j_k)`` over the ``N_c`` local maxima (peaks) of ``M_c``.
 
-    A peak is a position whose value equals the max of its ``kernel×kernel`` window
+    A local maximum is a position whose value equals the max of its ``kernel×kernel`` window
     (``max_pool2d`` with stride 1 and padding ``kernel//2``; positions outside the map never
-    win). The peak set is found without gradient, so the score's gradient flows only into
-    the peaks (Eq. 5's sampling kernel G is the indicator of the peaks divided by N_c).
+    win). A flat plateau — an 8-connected set of local maxima of equal value — is one peak,
+    placed at its first position in raster order (counting each of its positions would weigh
+    a plateau by its area in the mean). The peak set is found without gradient, so the
+    score's gradient flows only into the peaks (Eq. 5's sampling kernel G is the indicator
+    of the peaks divided by N_c).
     """
 
     def __init__(self, in_channels: int, num_classes: int, kernel: int = 3):
@@ -191,14 +195,38 @@ class PRMHead(ClassMapHead):
         self.kernel = int(kernel)
 
     def peaks(self, maps: torch.Tensor) -> torch.Tensor:
-        """Boolean B×C×h×w mask of the local maxima (no gradient)."""
+        """Boolean B×C×h×w mask of the peaks, one per plateau of local maxima (no gradient)."""
         with torch.no_grad():
             local_max = F.max_pool2d(maps, self.kernel, stride=1, padding=self.kernel // 2)
-            return maps == local_max
+            is_max = maps == local_max
+            return is_max & _plateau_first(maps, is_max)
 
     def pool(self, maps: torch.Tensor) -> torch.Tensor:
         g = self.peaks(maps).to(maps.dtype)  # at least one peak: the global max
         return (maps * g).flatten(2).sum(-1) / g.flatten(2).sum(-1)  # Eq. 5
+
+
+def _plateau_first(maps: torch.Tensor, member: torch.Tensor) -> torch.Tensor:
+    """For positions in ``member``: whether the position is the first (in raster order) of
+    its plateau, the 8-connected component of member positions with equal values. Labels
+    are the smallest flat index of the component, found by min-propagation between equal
+    8-neighbours until nothing changes (as many rounds as the widest plateau is long; one
+    for maps without ties)."""
+    b, c, h, w = maps.shape
+    idx = torch.arange(h * w, device=maps.device, dtype=torch.float32).view(1, 1, h, w).expand(b, c, h, w)
+    inf = torch.full_like(idx, math.inf)
+    lab = torch.where(member, idx, inf)
+    # equal-valued 8-neighbours of every position (B×C×9×h×w), computed once
+    vals = F.pad(maps, (1, 1, 1, 1), value=math.nan)  # outside the map: equal to nothing
+    shifts = [(dy, dx) for dy in range(3) for dx in range(3) if (dy, dx) != (1, 1)]
+    same = torch.stack([vals[..., dy : dy + h, dx : dx + w] == maps for dy, dx in shifts], dim=2) & member[:, :, None]
+    while True:
+        padded = F.pad(lab, (1, 1, 1, 1), value=math.inf)
+        nbr = torch.stack([padded[..., dy : dy + h, dx : dx + w] for dy, dx in shifts], dim=2)
+        new = torch.minimum(lab, torch.where(same, nbr, inf[:, :, None]).amin(dim=2))
+        if torch.equal(new, lab):
+            return lab == idx
+        lab = new
 
 
 class DeepMILHead(PoolingHead):
