@@ -223,3 +223,106 @@ def test_samples_without_mask_or_boxes():
     torch.manual_seed(0)
     out = build_transform(cfg, train=True)(s)
     assert out["image"].shape == (3, 6, 6) and "mask" not in out and "boxes" not in out
+
+
+# --- issue 18 (5, 8): the reference's box and mask resampling --------------------------------
+
+
+def _cv2_nearest(mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    cv2 = pytest.importorskip("cv2")
+    import numpy as np
+
+    h, w = size
+    return torch.from_numpy(cv2.resize(np.ascontiguousarray(mask.numpy()), (w, h), interpolation=cv2.INTER_NEAREST))
+
+
+@pytest.mark.parametrize("src,dst", [((500, 375), (224, 224)), ((333, 500), (224, 224)), ((224, 224), (224, 224)),
+                                     ((48, 32), (128, 128)), ((97, 61), (50, 113)), ((7, 5), (224, 224)),
+                                     ((1000, 999), (3, 2))])
+def test_mask_resize_is_opencv_inter_nearest(src, dst):
+    """wsolevaluation resizes masks with cv2.resize(..., INTER_NEAREST); so does Resize by default."""
+    from wsol.data.transforms import resize_mask
+
+    g = torch.Generator().manual_seed(sum(src) + sum(dst))
+    mask = torch.randint(0, 256, src, generator=g).to(torch.uint8)
+    assert torch.equal(resize_mask(mask, dst), _cv2_nearest(mask, dst))
+    s = {"image": torch.rand(3, *src), "label": 0, "image_id": "m", "mask": mask}
+    out = build_transform(DataConfig(image_size=dst[0], augment=AugmentConfig()), train=False)(s) if dst[0] == dst[1] \
+        else Resize(dst)(s)
+    assert torch.equal(out["mask"], _cv2_nearest(mask, dst))
+
+
+def test_mask_resize_opencv_differs_from_centre_aligned_and_that_mode_remains():
+    import torch.nn.functional as F
+
+    from wsol.data.transforms import resize_mask
+
+    mask = torch.zeros(10, 10, dtype=torch.uint8)
+    mask[:, 5:] = 1
+    # 10 -> 4: OpenCV picks source columns floor(x · 2.5) = 0, 2, 5, 7; centre-aligned 1, 3, 6, 8
+    assert resize_mask(mask, (4, 4))[0].tolist() == [0, 0, 1, 1]
+    g = torch.Generator().manual_seed(0)
+    m = torch.randint(0, 3, (30, 30), generator=g).to(torch.uint8)
+    exact = F.interpolate(m[None, None].float(), size=(13, 17), mode="nearest-exact")[0, 0].to(torch.uint8)
+    assert torch.equal(resize_mask(m, (13, 17), "nearest-exact"), exact)
+    assert not torch.equal(resize_mask(m, (13, 17)), exact)
+    cfg = DataConfig(image_size=13, mask_resize="nearest-exact")
+    out = build_transform(cfg, train=False)({"image": torch.rand(3, 30, 30), "label": 0, "image_id": "e", "mask": m})
+    assert torch.equal(out["mask"], F.interpolate(m[None, None].float(), size=(13, 13), mode="nearest-exact")[0, 0]
+                       .to(torch.uint8))
+    with pytest.raises(ConfigError, match="mask_resize"):
+        Resize(8, mask_mode="bilinear")  # type: ignore[arg-type]
+
+
+def test_box_resize_truncates_to_wsolevaluation_resize_bbox():
+    """Every integer coordinate 0..W of every width 100..600, resized to 224: truncating the
+    resized box gives wsolevaluation's resize_bbox, int(x · 224 / W) in float64. The former
+    float32 product x · float32(224 / W) is 1 px off for some (e.g. W = 166, x = 83 -> 111)."""
+    from wsol.data.transforms import resize_boxes
+
+    def resize_bbox(box, image_size, resize_size):  # wsolevaluation/util.py, verbatim arithmetic
+        box_x0, box_y0, box_x1, box_y1 = map(float, box)
+        image_w, image_h = map(float, image_size)
+        new_image_w, new_image_h = map(float, resize_size)
+        return (int(box_x0 * new_image_w / image_w), int(box_y0 * new_image_h / image_h),
+                int(box_x1 * new_image_w / image_w), int(box_y1 * new_image_h / image_h))
+
+    off_before = 0
+    for w in range(100, 601):
+        h = 700 - w
+        x = torch.arange(w + 1, dtype=torch.float32)
+        y = torch.arange(w + 1, dtype=torch.float32).clamp(max=h)
+        boxes = torch.stack([x, y, x, y], 1)
+        got = resize_boxes(boxes, (h, w), (224, 224)).double().trunc().long()
+        ref = torch.tensor([resize_bbox(b, (w, h), (224, 224)) for b in boxes.tolist()])
+        assert torch.equal(got, ref), w
+        old = (boxes * torch.tensor([224 / w, 224 / h, 224 / w, 224 / h], dtype=torch.float32)).trunc().long()
+        off_before += int((old != ref).any(1).sum())
+    assert off_before > 0  # the float32 arithmetic this replaces did disagree
+    s = {"image": torch.rand(3, 200, 166), "label": 0, "image_id": "b", "boxes": torch.tensor([[83.0, 0.0, 166.0, 100.0]])}
+    assert Resize(224)(s)["boxes"].trunc().tolist() == [[112.0, 0.0, 224.0, 112.0]]
+
+
+def test_per_call_generator_drives_the_augmentation_and_leaves_the_global_rng():
+    cfg = DataConfig(image_size=16, crop_size=12, augment=AugmentConfig(color_jitter=0.3))
+    t = build_transform(cfg, train=True)
+    s = painted_sample(16, 16)
+    state = torch.get_rng_state()
+    a = t(s, torch.Generator().manual_seed(9))
+    b = t(s, torch.Generator().manual_seed(9))
+    c = t(s, torch.Generator().manual_seed(10))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    assert not torch.equal(a["image"], c["image"])
+
+
+def test_compose_runs_on_one_thread_and_restores_the_count():
+    seen = []
+    t = Compose([lambda s: seen.append(torch.get_num_threads()) or s])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        t(painted_sample())
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -36,14 +36,27 @@ class DataConfig(_Strict):
     image_size: int = Field(128, gt=0, description="images are resized to this square size")
     crop_size: int | None = Field(None, gt=0, description="random crop size at training (None: no crop)")
     augment: AugmentConfig = AugmentConfig()
-    num_workers: int = Field(0, ge=0)
+    num_workers: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto", description="DataLoader worker processes; 'auto': one per available core (at most 8, at most one "
+        "per batch); 0: load in the main process. Never changes results (each sample is seeded from "
+        "(seed, epoch, index))")
+    cache: bool = Field(False, description="keep every decoded image of a split in memory (sets that fit: GlaS, "
+                                           "the embedded sets); decoded once, before the first epoch")
+    mask_resize: Literal["opencv", "nearest-exact"] = Field(
+        "opencv", description="mask resampling: 'opencv' = cv2 INTER_NEAREST as wsolevaluation; 'nearest-exact' = "
+        "centre-aligned nearest")
     options: dict[str, Any] = Field(default_factory=dict, description="dataset-specific reader options")
 
 
 class BackboneConfig(_Strict):
     name: str = "resnet18"
     weights: str = Field("none", description="'none', a torchvision weights enum name, or a local file path")
-    cam_friendly: bool = Field(False, description="protocol's CAM-friendly strides (e.g. ResNet-50 layer4 stride 1)")
+    cam_friendly: bool = Field(
+        True, description="the WSOL protocol's CAM architectures (wsolevaluation's large_feature_map, f-cam Table "
+        "F.2): stride 8, 28×28 maps at 224² — ResNet layer3/layer4 at stride 1; VGG-16 without pool4/pool5 plus "
+        "conv6 (3×3, 1024) + ReLU; Inception-v3 as wsolevaluation's InceptionCam (Mixed_6a at stride 1, two "
+        "1024-channel 3×3 convs); EfficientNet-Lite0 stride 16; timm models output_stride=8. false: the standard "
+        "strides (stride 32)")
 
 
 class MethodConfig(_Strict):
@@ -66,6 +79,12 @@ class OptimConfig(_Strict):
     betas: list[float] = Field([0.9, 0.999], min_length=2, max_length=2, description="Adam/AdamW betas")
     weight_decay: float = Field(1e-4, ge=0)
     head_lr_mult: float = Field(10.0, gt=0, description="LR multiplier of the classifier head / new layers")
+    amp: Literal["none", "bf16", "fp16"] = Field(
+        "none", description="mixed precision of the training step: autocast to bfloat16, or float16 with a "
+        "GradScaler (not for methods that backpropagate inside training_step)")
+    channels_last: bool = Field(False, description="model and images in channels-last memory format")
+    compile: bool = Field(False, description="torch.compile the model (falls back to eager, with a warning, "
+                                             "where unsupported)")
 
 
 class SchedConfig(_Strict):
@@ -88,6 +107,9 @@ class EvalConfig(_Strict):
     selection_metric: str | None = Field(
         None, description="B-LOC metric on valpx (default: pxap on mask sets, max_box_acc_v2 on box sets; "
         "F-CAM's protocol uses max_box_acc)")
+    cam_curve_interval: float = Field(
+        0.001, ge=1e-5, le=0.5, description="step of the CAM threshold sweeps of PxAP / MaxBoxAcc "
+        "(wsolevaluation's cam_curve_interval; 0.001 = its training-time grid of 1000 thresholds)")
 
 
 class RunConfig(_Strict):

@@ -383,8 +383,19 @@ class RecordDataset(Dataset):
         return len(self.records)
 
     def __getitem__(self, i: int) -> Sample:
-        s = load_sample(self.records[i])
-        out = self.transform(cast(Sample, dict(s))) if self.transform is not None else s
+        return self.apply(load_sample(self.records[i]))
+
+    def apply(self, s: Sample, generator: torch.Generator | None = None) -> Sample:
+        """The transform of a decoded sample (``generator``: the sample's own random stream,
+        passed to transforms that take one, e.g. ``transforms.Compose``), plus the original
+        image size, mask and boxes when ``keep_original``."""
+        t = self.transform
+        if t is None:
+            out = s
+        elif generator is not None:
+            out = cast(Callable[[Sample, torch.Generator], Sample], t)(cast(Sample, dict(s)), generator)
+        else:
+            out = t(cast(Sample, dict(s)))
         if self.keep_original:
             out["orig_size"] = cast(tuple[int, int], tuple(s["image"].shape[-2:]))
             out["orig_mask"] = s.get("mask")

@@ -18,6 +18,13 @@ CAM of the ground-truth class. The model's forward and its own ``localize`` run 
   labels. The batch must then carry ``orig_sizes`` (list of (H, W)) and ``orig_masks``
   (list of H×W uint8 masks or None; mask sets, at original resolution — resize with
   nearest if needed) or ``orig_boxes`` (list of K×4 boxes in original pixels; box sets).
+
+Overlap (``overlap=True``, default): while the model computes the logits and CAMs of batch
+k + 1, a helper thread feeds batch k to the accumulators (on CUDA their host copies and
+OpenCV contours no longer stall the GPU; the DataLoader's workers load batch k + 2 meanwhile).
+Batches reach the accumulators in order, one at a time: the numbers are those of the serial
+loop. A split whose images carry no pixel / box label at all is scored for classification
+only (one log line says so); images without a label count for classification only.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -91,10 +99,13 @@ class Evaluator:
     ``no_grad``); a given localizer (an extractor) runs outside ``no_grad`` as it manages
     gradients itself; either is called with the ground-truth labels (GT-known protocol).
     ``localize=False`` computes classification metrics only. F1± use the method's own
-    ``binary_threshold`` (MAXMIN: σ) when it localises with its own maps, else 0.5."""
+    ``binary_threshold`` (MAXMIN: σ) when it localises with its own maps, else 0.5.
+    ``overlap``: accumulate batch k in a helper thread while batch k + 1 is computed (module
+    doc; same numbers)."""
 
     def __init__(self, model: torch.nn.Module, *, loc_kind: Literal["mask", "box"], device: torch.device,
-                 localizer: Localizer | None = None, localize: bool = True, label_free_s: bool = False):
+                 localizer: Localizer | None = None, localize: bool = True, label_free_s: bool = False,
+                 overlap: bool = True, cam_curve_interval: float = 0.001):
         if loc_kind not in ("mask", "box"):
             raise MetricError(f"Evaluator: loc_kind must be 'mask' or 'box', got {loc_kind!r}")
         own = getattr(model, "localize", None)
@@ -108,6 +119,8 @@ class Evaluator:
         self.own_maps = localizer is None
         threshold = getattr(model, "binary_threshold", None) if self.own_maps else None
         self.f1_tau = 0.5 if threshold is None else float(threshold)
+        self.overlap = overlap
+        self.cam_curve_interval = cam_curve_interval
 
     def run(self, loader: Iterable[Batch], *, tau: float | None = None,
             eval_size: Literal["input", "original"] = "input", progress: Progress | None = None,
@@ -121,44 +134,74 @@ class Evaluator:
             raise MetricError(f"Evaluator: eval_size must be 'input' or 'original', got {eval_size!r}")
         model, localize = self.model, self.localize
         cls_acc = ClassificationAccumulator()
-        pix = PixelAccumulator(region_tau=tau, f1_tau=self.f1_tau) if localize and self.loc_kind == "mask" else None
-        box = BoxAccumulator() if localize and self.loc_kind == "box" else None
-        s_sum, s_n = 0.0, 0
+        pix = PixelAccumulator(region_tau=tau, f1_tau=self.f1_tau,
+                                                    cam_curve_interval=self.cam_curve_interval) if localize and self.loc_kind == "mask" else None
+        box = (BoxAccumulator(cam_curve_interval=self.cam_curve_interval)
+               if localize and self.loc_kind == "box" else None)
+        s_acc = [0.0, 0]  # label-free S: sum, count
         items: list[dict[str, Any]] = []
-        was_training = model.training
-        model.eval()
-        try:
-            for batch in loader:
-                images = batch.images.to(self.device, non_blocking=True)
-                labels = batch.labels.to(self.device)
-                n = images.shape[0]
-                with torch.no_grad():
-                    logits = model_logits(model(images)).detach()
+
+        def accumulate(batch: Batch, logits: Tensor, labels: Tensor, cams: Tensor | None, n: int) -> None:
+            with torch.no_grad():
                 cls_acc.update(logits, labels)
-                cams = self.cams(images, labels) if localize else None
                 if self.label_free_s and cams is not None:
                     s = weight_map_scores(cams)
-                    s_sum, s_n = s_sum + float(s.sum()), s_n + len(s)
+                    s_acc[0], s_acc[1] = s_acc[0] + float(s.sum()), s_acc[1] + len(s)
                 if pix is not None and cams is not None:
                     _update_pixels(pix, cams, batch, n, eval_size)
                 elif box is not None and cams is not None:
                     _update_boxes(box, cams, batch, n, eval_size, logits, labels)
                 if len(items) < gallery:
-                    items += _gallery_items(batch, cams, logits, gallery - len(items), self.loc_kind)
+                    items.extend(_gallery_items(batch, cams, logits, gallery - len(items), self.loc_kind))
+
+        was_training = model.training
+        model.eval()
+        pool = ThreadPoolExecutor(1, thread_name_prefix="wsol-eval") if self.overlap else None
+        pending: tuple[Future[None], int] | None = None
+
+        def finish() -> None:  # wait for the batch in flight (re-raises its error), then report it
+            nonlocal pending
+            if pending is not None:
+                fut, n_done = pending
+                pending = None
+                fut.result()
                 if progress is not None:
-                    progress(n)
+                    progress(n_done)
+
+        try:
+            for batch in loader:
+                images = batch.images.to(self.device, non_blocking=True)
+                labels = batch.labels.to(self.device, non_blocking=True)
+                n = images.shape[0]
+                with torch.no_grad():
+                    logits = model_logits(model(images)).detach()
+                cams = self.cams(images, labels) if localize else None
+                finish()
+                if pool is None:
+                    accumulate(batch, logits, labels, cams, n)
+                    if progress is not None:
+                        progress(n)
+                else:
+                    pending = (pool.submit(accumulate, batch, logits, labels, cams, n), n)
+            finish()
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             model.train(was_training)
         metrics: dict[str, Any] = dict(cls_acc.compute())
         curves: dict[str, Any] = {}
-        if pix is not None:
+        if pix is not None and pix.n_images == 0:
+            log.info("no image of this split has a pixel mask: classification metrics only")
+        elif pix is not None:
             metrics.update(pix.compute(tau=tau))
             curves = pix.curves(tau=metrics["tau"])
-        if box is not None:
+        if box is not None and int(box.counts[0]) == 0:
+            log.info("no image of this split has a ground-truth box: classification metrics only")
+        elif box is not None:
             metrics.update(box.compute())
             curves = box.curves()
-        if s_n:
-            metrics["weight_map_score_s"] = s_sum / s_n
+        if s_acc[1]:
+            metrics["weight_map_score_s"] = s_acc[0] / s_acc[1]
         log.debug("evaluated %d images (%s, localize=%s): %s", metrics["n_images"], self.loc_kind, localize, metrics)
         return EvalResult(metrics=metrics, curves=curves, gallery=items)
 

@@ -21,6 +21,7 @@ from wsol.config import RunConfig
 from wsol.data.registry import check_split
 from wsol.engine.callbacks import Callbacks
 from wsol.engine.evaluate import EvalResult, Evaluator, Localizer
+from wsol.engine.loader import split_size
 from wsol.engine.trainer import Trainer, TrainResult, make_loader
 from wsol.fileio import atomic_write_bytes, write_json
 from wsol.methods.base import Method
@@ -66,9 +67,10 @@ def evaluate_run(
     from wsol.engine.selection import SELECTION
 
     label_free_s = any(SELECTION.get(c).label_free_s for c in run.info.selection if c in SELECTION)
-    ev = Evaluator(method, loc_kind=run.loc_kind, device=run.device, localizer=localizer, label_free_s=label_free_s)
+    ev = Evaluator(method, loc_kind=run.loc_kind, device=run.device, localizer=localizer, label_free_s=label_free_s,
+                   cam_curve_interval=run.config.eval.cam_curve_interval)
     tau_star = None
-    if split != "valpx":
+    if split != "valpx" and split_size(cfg, "valpx") > 0:  # no pixel-labelled valpx: the split's own τ*
         loader = make_loader(cfg, "valpx", train=False)
         cb.on_stage(f"{checkpoint}: valpx (τ*)", len(loader.dataset))  # type: ignore[arg-type]
         tau_star = ev.run(loader, progress=cb.on_advance).metrics.get("tau")

@@ -9,16 +9,33 @@ from ``last``; logs every loss term and metric per epoch to CSV and TensorBoard;
 ``run.json`` so the run can be used without its dataset (:func:`wsol.runs.load_run`).
 Human-facing progress goes through :class:`Callbacks` (the CLI draws progress bars); the
 library itself only logs.
+
+Throughput (issue 19): data loading is described in :mod:`wsol.engine.loader` (workers
+never change a run). The training step never waits for the device: loss terms are summed
+on the device and read once per epoch (and every :data:`READ_EVERY` steps), and a
+non-finite ``total`` is recorded there and raised at the next read, naming its epoch, step
+and terms. ``optim.amp`` (``bf16``: autocast; ``fp16``: autocast + GradScaler),
+``optim.channels_last`` and ``optim.compile`` are opt-in. A method that backpropagates
+inside ``training_step`` (min-max entropy) cannot use ``fp16``: its inner backward would
+bypass the GradScaler, so the engine refuses it at the first step (use ``bf16``). Each
+epoch logs the share of its time spent in validation.
+
+A split without pixel-labelled validation images (``valpx`` empty, e.g. the ``folder``
+reader without masks) skips the criteria that read it (B-LOC) with one log line; B-CL
+selects, and ``run.json`` lists only the criteria kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import math
 import random
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,12 +46,13 @@ import yaml
 from torch.utils.data import DataLoader
 
 from wsol.config import RunConfig, dump_config
-from wsol.data.registry import build_dataset, get_dataset
-from wsol.data.sample import collate
+from wsol.data.registry import get_dataset
+from wsol.data.sample import Batch
 from wsol.engine.callbacks import Callbacks
 from wsol.engine.evaluate import Evaluator
+from wsol.engine.loader import make_loader, set_epoch, split_size
 from wsol.engine.selection import DEFAULT_CRITERIA, SELECTION, Criterion
-from wsol.errors import CheckpointError, WSOLError
+from wsol.errors import CheckpointError, ConfigError, DataError, WSOLError
 from wsol.fileio import atomic_write_text
 from wsol.methods.base import Method, TrainState, build_method
 from wsol.nn.backbones import IMAGENET_MEAN, IMAGENET_STD
@@ -62,28 +80,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _worker_init(worker_id: int) -> None:
-    s = torch.initial_seed() % (2**32)
-    np.random.seed(s)
-    random.seed(s)
+__all__ = ["Trainer", "TrainResult", "build_model", "build_optimizer", "build_scheduler", "lr_factor", "make_loader",
+           "seed_everything"]
 
-
-def make_loader(cfg: RunConfig, split: str, train: bool, seed: int = 0, keep_original: bool = False) -> DataLoader:
-    ds = build_dataset(cfg.data, split, train=train, keep_original=keep_original)
-    if len(ds) == 0:
-        raise WSOLError(f"split {split!r} of {cfg.data.name} at {cfg.data.root} is empty")
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return DataLoader(
-        ds,
-        batch_size=cfg.optim.batch_size if train else cfg.eval.batch_size,
-        shuffle=train,
-        drop_last=train and len(ds) > cfg.optim.batch_size,
-        num_workers=cfg.data.num_workers,
-        collate_fn=collate,
-        generator=g,
-        worker_init_fn=_worker_init,
-    )
+#: the loss sums and the non-finite check are read from the device every this many steps
+#: (and at the end of each epoch)
+READ_EVERY = 50
 
 
 def build_model(cfg: RunConfig) -> tuple[Method, RunInfo]:
@@ -144,9 +146,107 @@ def build_scheduler(cfg: RunConfig, opt: torch.optim.Optimizer) -> torch.optim.l
 
 @dataclass
 class TrainResult:
+    """``history``: one row per epoch (as ``history.csv``); ``timings``: per epoch, the
+    seconds spent training (``train_s``) and validating (``val_s``) — not in the history,
+    which stays identical run to run."""
+
     run_dir: Path
     history: list[dict[str, float]]
     best: dict[str, float] = field(default_factory=dict)
+    timings: list[dict[str, float]] = field(default_factory=list)
+
+
+class NonFiniteLoss(WSOLError):
+    """The training loss became NaN or infinite."""
+
+
+class LossMeter:
+    """Loss terms of an epoch summed on the device (no host sync per step) and the first
+    step whose ``total`` is not finite, with its terms, remembered on the device; both are
+    read by :meth:`read` / :meth:`check`.
+
+    Sums are ``Σ float(term)·batch size`` in float64, term by term in step order — exactly
+    what the former per-step host reads gave (float32 on MPS, which has no float64)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.dtype = torch.float32 if device.type == "mps" else torch.float64
+        self.names: list[str] = []
+        self.sums = torch.zeros(0, dtype=self.dtype, device=device)
+        #: per tuple of term names (a method may return other terms on some steps): where
+        #: they sit in ``sums``, the first step with a non-finite total and its terms
+        self.groups: dict[tuple[str, ...], dict[str, torch.Tensor]] = {}
+        self.n = 0
+
+    def add(self, terms: dict[str, torch.Tensor], bs: int, step: int) -> None:
+        names = tuple(terms)
+        vals = torch.stack([v.detach().reshape(()).to(self.dtype) for v in terms.values()])
+        g = self.groups.get(names)
+        if g is None:
+            new = [k for k in names if k not in self.names]
+            if new:
+                self.names += new
+                self.sums = torch.cat([self.sums.to(vals.device), vals.new_zeros(len(new))])
+            g = self.groups[names] = {
+                "index": torch.tensor([self.names.index(k) for k in names], device=vals.device),
+                "bad_step": torch.full((), -1, dtype=torch.int64, device=vals.device),
+                "bad_vals": vals.new_zeros(len(names)),
+            }
+        self.sums.index_add_(0, g["index"], vals * bs)
+        total = vals[names.index("total")]
+        newly = ~torch.isfinite(total) & (g["bad_step"] < 0)
+        g["bad_step"] = torch.where(newly, torch.full_like(g["bad_step"], step), g["bad_step"])
+        g["bad_vals"] = torch.where(newly, vals, g["bad_vals"])
+        self.n += bs
+
+    def check(self, epoch: int, steps_per_epoch: int) -> None:
+        """Raise :class:`NonFiniteLoss` if a step recorded a non-finite ``total`` (a host read)."""
+        bad: list[tuple[int, tuple[str, ...], torch.Tensor]] = []
+        for names, g in self.groups.items():
+            step = int(g["bad_step"])
+            if step >= 0:
+                bad.append((step, names, g["bad_vals"]))
+        if not bad:
+            return
+        step, names, vals = min(bad, key=lambda b: b[0])
+        values = dict(zip(names, vals.tolist()))
+        raise NonFiniteLoss(
+            f"epoch {epoch + 1}, step {step - epoch * steps_per_epoch + 1}/{steps_per_epoch} (global step {step}): "
+            f"loss became {values['total']} (terms: " + ", ".join(f"{k}={v:.4g}" for k, v in values.items())
+            + "); lower optim.lr or check the data"
+        )
+
+    def read(self) -> dict[str, float]:
+        """Mean of every term over the samples of the epoch (one host read)."""
+        return {k: v / max(self.n, 1) for k, v in zip(self.names, self.sums.tolist())}
+
+
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _compile_probe(x: torch.Tensor) -> torch.Tensor:
+    return x * 2 + 1
+
+
+def try_compile(method: Method, device: torch.device) -> bool:
+    """``optim.compile``: compile the method's forward in place (``nn.Module.compile``; the
+    method's ``training_step`` / ``localize`` call it through ``self(...)``), after checking on
+    a tiny function that torch.compile works here (it needs a C compiler on CPU and a
+    supported Python). False, with a warning, when it does not: training goes on eagerly."""
+    try:
+        torch.compile(_compile_probe)(torch.ones(2, device=device))
+    except Exception as e:  # any failure of the compiler stack means "not supported here"
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        log.warning("optim.compile: torch.compile does not work here (%s: %s); training without it",
+                    type(e).__name__, first[:200])
+        return False
+    method.compile()
+    return True
+
+
+def uncompile(method: Method) -> None:
+    """Undo :func:`try_compile` (``nn.Module.compile`` keeps the compiled call here)."""
+    method._compiled_call_impl = None
 
 
 class Trainer:
@@ -157,6 +257,9 @@ class Trainer:
         self.cb = callbacks or Callbacks()
         self.overwrite = overwrite
         self.device = resolve_device(cfg.device)
+        self.amp_dtype = AMP_DTYPES[cfg.optim.amp]
+        self.scaler: torch.amp.GradScaler | None = None
+        self.compiled = self.compile_unproven = False
 
     def _write_history(self, history: list[dict[str, float]]) -> None:
         keys: list[str] = []
@@ -176,15 +279,42 @@ class Trainer:
         with RunLock(self.run_dir):
             return self._fit(resume)
 
+    def _criteria(self, info: RunInfo) -> list[Criterion]:
+        """The run's selection criteria whose validation split has images; a criterion on an
+        empty split (B-LOC without pixel-labelled ``valpx`` images) is skipped, with one log
+        line, and dropped from ``info.selection``."""
+        cfg = self.cfg
+        criteria = [SELECTION.get(name) for name in info.selection]
+        sizes = {split: split_size(cfg, split) for split in sorted({c.split for c in criteria})}
+        kept = [c for c in criteria if sizes[c.split] > 0]
+        for split in sorted(s for s, n in sizes.items() if n == 0):
+            skipped = ", ".join(c.name for c in criteria if c.split == split)
+            if split == "valpx":
+                log.warning("%s of %s has no image (no pixel-labelled validation images): %s skipped; %s selects",
+                            split, cfg.data.name, skipped, ", ".join(c.name for c in kept) or "nothing")
+            else:
+                log.warning("%s of %s has no image: %s skipped", split, cfg.data.name, skipped)
+        if not kept:
+            raise DataError(
+                f"{cfg.data.name} at {cfg.data.root}: the validation splits ({', '.join(sizes)}) are empty, so no "
+                "checkpoint can be selected; give the dataset a valcl split (e.g. data.options val_fraction > 0)"
+            )
+        info.selection = [c.name for c in kept]
+        return kept
+
     def _fit(self, resume: bool) -> TrainResult:
         cfg = self.cfg
         seed_everything(cfg.seed)
         method, info = build_model(cfg)
         method.to(self.device)
+        if cfg.optim.channels_last:
+            method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         opt = build_optimizer(cfg, method)
         sched = build_scheduler(cfg, opt)
-        criteria = [SELECTION.get(name) for name in info.selection]
-        train_loader = make_loader(cfg, "train", train=True, seed=cfg.seed)
+        if self.amp_dtype is torch.float16:
+            self.scaler = torch.amp.GradScaler(self.device.type)
+        criteria = self._criteria(info)
+        train_loader = make_loader(cfg, method.train_split, train=True, seed=cfg.seed)
         val_loaders = {split: make_loader(cfg, split, train=False)
                        for split in ("valcl", "valpx") if any(c.split == split for c in criteria)}
 
@@ -208,29 +338,46 @@ class Trainer:
             opt.load_state_dict(ck["optimizer"])
             if sched is not None and ck.get("scheduler") is not None:
                 sched.load_state_dict(ck["scheduler"])
+            if self.scaler is not None and ck.get("scaler"):
+                self.scaler.load_state_dict(ck["scaler"])
             history, best, start_epoch = list(ck["history"]), dict(ck["best"]), int(ck["epoch"]) + 1
+            best = {c.name: best.get(c.name, -math.inf) for c in criteria}
             set_rng_state(ck["rng"], train_loader.generator)
             log.info("resumed %s at epoch %d", self.run_dir, start_epoch)
+        if cfg.optim.compile:
+            # a compiled forward that fails at its first real step falls back to eager
+            self.compiled = self.compile_unproven = try_compile(method, self.device)
 
         self.run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
         write_run_info(self.run_dir, info)
         writer = _tensorboard(self.run_dir / "tb")
+        timings: list[dict[str, float]] = []
         try:
             for epoch in range(start_epoch, cfg.optim.epochs):
+                t0 = time.perf_counter()
                 row = self._train_epoch(method, opt, train_loader, epoch)
                 if sched is not None:
                     sched.step()
+                t1 = time.perf_counter()
                 if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs:
                     row.update(self._validate(method, val_loaders, criteria, info, epoch, best))
+                t2 = time.perf_counter()
+                timings.append({"epoch": epoch + 1, "train_s": t1 - t0, "val_s": t2 - t1})
+                log.info("epoch %d/%d: training %.1f s, validation %.1f s (%.0f%% of the epoch)", epoch + 1,
+                         cfg.optim.epochs, t1 - t0, t2 - t1, 100.0 * (t2 - t1) / max(t2 - t0, 1e-9))
                 history.append(row)
-                for k, v in row.items():
-                    if k != "epoch" and writer is not None:
-                        writer.add_scalar(k, v, epoch)
+                if writer is not None:
+                    for k, v in row.items():
+                        if k != "epoch":
+                            writer.add_scalar(k, v, epoch)
+                    writer.add_scalar("time/train_s", t1 - t0, epoch)
+                    writer.add_scalar("time/val_s", t2 - t1, epoch)
                 self._write_history(history)
                 save_checkpoint(checkpoint_path(self.run_dir, LAST), {
-                    "model": method.state_dict(), "optimizer": opt.state_dict(),
+                    "model": _state_dict(method), "optimizer": opt.state_dict(),
                     "scheduler": sched.state_dict() if sched is not None else None,
+                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
                     "epoch": epoch, "history": history, "best": best, "config": dump_config(cfg),
                     "class_names": info.class_names, "rng": rng_state(train_loader.generator),
                 })
@@ -238,39 +385,81 @@ class Trainer:
         finally:
             if writer is not None:
                 writer.close()
-        return TrainResult(self.run_dir, history, best)
+        return TrainResult(self.run_dir, history, best, timings)
+
+    @contextlib.contextmanager
+    def _autocast(self) -> Iterator[None]:
+        if self.amp_dtype is None:
+            yield
+            return
+        with torch.autocast(self.device.type, dtype=self.amp_dtype):
+            yield
+
+    def _step(self, method: Method, opt: torch.optim.Optimizer, batch: Batch,
+              state: TrainState) -> dict[str, torch.Tensor]:
+        """One optimisation step; nothing here waits for the device (fp16's GradScaler
+        excepted: it reads its inf check once per step)."""
+        # zero first: a method may backpropagate part of its loss inside training_step
+        # (min-max entropy's recursion does, one step at a time) before ``total``
+        opt.zero_grad(set_to_none=True)
+        with self._autocast():
+            terms = method.training_step(batch, state)
+        total = terms["total"]
+        if self.scaler is not None:
+            if any(p.grad is not None for p in method.parameters()):
+                raise ConfigError(
+                    f"optim.amp=fp16: method {self.cfg.model.method.name!r} backpropagates inside training_step, "
+                    "where the engine's GradScaler cannot scale its loss (its fp16 gradients would underflow); "
+                    "use optim.amp=bf16 (no scaler needed) or none"
+                )
+            if total.requires_grad:
+                self.scaler.scale(total).backward()
+            self.scaler.step(opt)
+            self.scaler.update()
+        else:
+            if total.requires_grad:
+                total.backward()
+            opt.step()
+        return terms
 
     def _train_epoch(self, method: Method, opt: torch.optim.Optimizer, loader: DataLoader, epoch: int) -> dict:
         method.train()
         method.on_epoch_start(epoch)
-        state = TrainState(epoch=epoch, step=epoch * len(loader), num_epochs=self.cfg.optim.epochs)
-        sums: dict[str, float] = {}
-        n = 0
+        set_epoch(loader, epoch)
+        steps = len(loader)
+        state = TrainState(epoch=epoch, step=epoch * steps, num_epochs=self.cfg.optim.epochs)
+        meter = LossMeter(self.device)
         self.cb.on_stage(f"epoch {epoch + 1}/{self.cfg.optim.epochs}", len(loader.dataset))  # type: ignore[arg-type]
-        for batch in loader:
-            batch = batch.to(self.device, non_blocking=True)
-            # zero first: a method may backpropagate part of its loss inside training_step
-            # (min-max entropy's recursion does, one step at a time) before ``total``
-            opt.zero_grad(set_to_none=True)
-            terms = method.training_step(batch, state)
-            total = terms["total"]
-            if not torch.isfinite(total.detach()):
-                raise WSOLError(
-                    f"epoch {epoch + 1}: loss became {float(total.detach())} (terms: "
-                    + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in terms.items())
-                    + "); lower optim.lr or check the data"
-                )
-            if total.requires_grad:
-                total.backward()
-            opt.step()
-            bs = len(batch)
-            for k, v in terms.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach()) * bs
-            n += bs
-            state.step += 1
-            self.cb.on_advance(bs)
+        try:
+            for i, batch in enumerate(loader):
+                batch = batch.to(self.device, non_blocking=True)
+                if self.cfg.optim.channels_last:
+                    batch = dataclasses.replace(batch, images=batch.images.contiguous(memory_format=torch.channels_last))
+                try:
+                    terms = self._step(method, opt, batch, state)
+                except Exception as e:
+                    if not self.compile_unproven or isinstance(e, WSOLError):  # wsol's own errors are not the compiler's
+                        raise
+                    # torch.compile failed on the real model: fall back to eager (this one step is redone)
+                    log.warning("optim.compile: compiling the model failed (%s: %s); training without it",
+                                type(e).__name__, str(e).strip().splitlines()[0][:200] if str(e).strip() else "")
+                    uncompile(method)
+                    self.compiled = self.compile_unproven = False
+                    terms = self._step(method, opt, batch, state)
+                self.compile_unproven = False
+                meter.add(terms, len(batch), state.step)
+                state.step += 1
+                self.cb.on_advance(len(batch))
+                if (i + 1) % READ_EVERY == 0:
+                    meter.check(epoch, steps)
+        except NonFiniteLoss:
+            raise
+        except Exception:
+            meter.check(epoch, steps)  # a non-finite loss earlier is the cause to report
+            raise
+        meter.check(epoch, steps)
         row: dict[str, float] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update({f"train/{k}": v / max(n, 1) for k, v in sums.items()})
+        row.update({f"train/{k}": v for k, v in meter.read().items()})
         return row
 
     def _validate(self, method: Method, loaders: dict[str, DataLoader], criteria: list[Criterion], info: RunInfo,
@@ -280,14 +469,15 @@ class Trainer:
         for split, loader in loaders.items():
             self.cb.on_stage(split, len(loader.dataset))  # type: ignore[arg-type]
             ev = Evaluator(method, loc_kind=info.loc_kind, device=self.device, localize=split == "valpx",
-                           label_free_s=any(c.label_free_s and c.split == split for c in criteria))
+                           label_free_s=any(c.label_free_s and c.split == split for c in criteria),
+                           cam_curve_interval=self.cfg.eval.cam_curve_interval)
             metrics[split] = ev.run(loader, progress=self.cb.on_advance).metrics
         for c in criteria:
             score = float(c.score(metrics[c.split], info.loc_kind, self.cfg.eval.selection_metric))
             if c.better(score, best[c.name]):
                 best[c.name] = score
                 save_checkpoint(checkpoint_path(self.run_dir, c.name), {
-                    "model": method.state_dict(), "epoch": epoch, "score": score,
+                    "model": _state_dict(method), "epoch": epoch, "score": score,
                     "config": dump_config(self.cfg), "class_names": info.class_names,
                 })
         row: dict[str, float] = {}
@@ -296,13 +486,21 @@ class Trainer:
         return row
 
 
+def _state_dict(method: Method) -> dict[str, torch.Tensor]:
+    """The method's weights in the default (contiguous) memory format, whatever
+    ``channels_last`` did, so checkpoints load the same everywhere."""
+    return {k: v.contiguous() if isinstance(v, torch.Tensor) else v for k, v in method.state_dict().items()}
+
+
 def _resume_key(config_yaml: str) -> dict:
     """A config as compared on --resume: everything but optim.epochs (a run may be
-    extended), the run folder and the data root (a run folder or its data may move)."""
+    extended), the run folder and the data root (a run folder or its data may move), and how
+    the data is loaded (``data.num_workers``, ``data.cache``: they never change a run)."""
     data = yaml.safe_load(config_yaml) or {}
     data.get("optim", {}).pop("epochs", None)
     data.pop("run_dir", None)
-    data.get("data", {}).pop("root", None)
+    for key in ("root", "num_workers", "cache"):  # where the data is and how it is loaded: same numbers
+        data.get("data", {}).pop(key, None)
     return data
 
 

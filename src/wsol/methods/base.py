@@ -71,6 +71,9 @@ class Method(nn.Module, ABC, Generic[P]):
     #: params the contract test (tests/test_contract.py) builds the method with (small
     #: widths to keep it fast); defaults are used for everything else
     contract_params: ClassVar[dict[str, Any]] = {}
+    #: the split the engine trains on; "valpx" for a fully-supervised baseline trained on
+    #: the few pixel-annotated images (the FSL U-Net of f-cam)
+    train_split: str = "train"
 
     def __init__(self, params: P, backbone: BackboneConfig, num_classes: int):
         super().__init__()
