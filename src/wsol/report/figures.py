@@ -10,14 +10,19 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from wsol.report.overlay import heatmap, mask_rgb  # noqa: E402
+from wsol.report.overlay import mask_rgb, overlay  # noqa: E402
 
 
 def _png(fig) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return buf.getvalue()
+
+
+def _figure(*args, **kw):
+    """``plt.subplots`` with constrained layout: titles, labels and legends never overlap."""
+    return plt.subplots(*args, layout="constrained", **kw)
 
 
 def training_curves(history: list[dict[str, float]]) -> bytes | None:
@@ -25,7 +30,7 @@ def training_curves(history: list[dict[str, float]]) -> bytes | None:
     if not history:
         return None
     epochs = [r["epoch"] for r in history]
-    fig, (ax_l, ax_v) = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, (ax_l, ax_v) = _figure(1, 2, figsize=(10, 3.4))
     for key in sorted({k for r in history for k in r if k.startswith("train/")}):
         ax_l.plot(epochs, [r.get(key, np.nan) for r in history], marker=".", label=key.removeprefix("train/"))
     ax_l.set(xlabel="epoch", ylabel="loss", title="training loss terms")
@@ -44,7 +49,7 @@ def pr_and_histogram(curves: dict[str, list[float]], tau: float | None, title: s
     """Pixel precision–recall curve, CAM value histograms (fg vs bg) and TP/FP vs τ."""
     if "precision" not in curves:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = _figure(1, 3, figsize=(12, 3.6))
     rec, prec = np.asarray(curves["recall"]), np.asarray(curves["precision"], dtype=float)
     ok = np.isfinite(prec)
     axes[0].plot(rec[ok], prec[ok])
@@ -66,28 +71,63 @@ def pr_and_histogram(curves: dict[str, list[float]], tau: float | None, title: s
     return _png(fig)
 
 
-def gallery(items: list[dict], tau: float | None, class_names: list[str] | None = None) -> bytes | None:
-    """One row per image: image, ground-truth mask, CAM heatmap, CAM ≥ τ*."""
-    if not items:
+def _short(text: str, n: int = 30) -> str:
+    return text if len(text) <= n else "…" + text[-(n - 1):]
+
+
+def _draw_boxes(ax, boxes, color: str, label: str | None = None) -> None:
+    from matplotlib.patches import Rectangle
+
+    for j, (x1, y1, x2, y2) in enumerate(np.asarray(boxes, dtype=float).reshape(-1, 4)):
+        ax.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1 + 1, y2 - y1 + 1, fill=False, edgecolor=color,
+                               linewidth=1.6, label=label if j == 0 else None))
+
+
+def gallery(items: list[dict], tau: float | None, class_names: list[str] | None = None,
+            box_tau: float | None = None) -> bytes | None:
+    """One row per image (the ``best``, ``median`` and ``worst`` by per-image IoU, see
+    :mod:`wsol.report.gallery`), its IoU in the row title. Mask sets: image, ground truth,
+    CAM over the image, CAM ≥ τ*. Box sets: image with the ground-truth (green) and
+    predicted (red, largest contour at ``box_tau``) boxes, CAM over the image with the same
+    boxes, CAM ≥ ``box_tau``."""
+    from wsol.report.gallery import pick, predicted_box
+
+    is_box = any(it.get("boxes") is not None for it in items)
+    t = box_tau if is_box else tau
+    rows = pick(items, t)
+    if not rows:
         return None
-    n = len(items)
-    fig, axes = plt.subplots(n, 4, figsize=(8, 2.1 * n), squeeze=False)
-    for row, it in zip(axes, items):
-        cam = np.asarray(it["cam"], dtype=np.float32)
-        mask = it.get("mask")
+    n_col = 3 if is_box else 4
+    fig, axes = _figure(len(rows), n_col, figsize=(2.3 * n_col, 2.5 * len(rows)), squeeze=False)
+    thr = t if t is not None else 0.5
+    for row, it in zip(axes, rows):
+        cam = np.asarray(it["cam"], dtype=np.float32) if it.get("cam") is not None else None
+        image = np.asarray(it["image"])
         label = it.get("label")
-        name = class_names[label] if class_names and label is not None and label < len(class_names) else label
-        panels = [
-            (it["image"], f"{it.get('image_id', '')}\nlabel: {name}"),
-            (mask_rgb(mask) if mask is not None else np.zeros_like(it["image"]), "ground truth"),
-            (heatmap(cam), "CAM"),
-            ((cam >= (tau if tau is not None else 0.5))[..., None].repeat(3, 2).astype(np.uint8) * 255,
-             f"CAM ≥ τ* ({tau:.3f})" if tau is not None else "CAM ≥ 0.5"),
-        ]
-        for ax, (img, t) in zip(row, panels):
+        name = class_names[label] if class_names and label is not None and 0 <= label < len(class_names) else label
+        iou = it.get("iou")
+        head = " · ".join(x for x in (str(it.get("rank", "")), f"IoU {iou:.2f}" if iou is not None and
+                                      np.isfinite(iou) else "") if x)
+        first = f"{head}\n{_short(str(it.get('image_id', '')))}\nclass: {name}"
+        ov = overlay(image, cam) if cam is not None else image
+        binary = ((cam >= thr)[..., None].repeat(3, 2).astype(np.uint8) * 255) if cam is not None else np.zeros_like(image)
+        thr_title = f"CAM ≥ {'τ*' if not is_box else 'τ'} ({thr:.3f})"
+        if is_box:
+            panels = [(image, first), (ov, "CAM over image"), (binary, thr_title)]
+        else:
+            mask = it.get("mask")
+            panels = [(image, first), (mask_rgb(mask) if mask is not None else np.zeros_like(image), "ground truth"),
+                      (ov, "CAM over image"), (binary, thr_title)]
+        for j, (ax, (img, title)) in enumerate(zip(row, panels)):
             ax.imshow(img)
-            ax.set_title(t, fontsize=7)
+            ax.set_title(title, fontsize=7)
             ax.axis("off")
+            if is_box and j < 2 and it.get("boxes") is not None:
+                _draw_boxes(ax, it["boxes"], "lime", "ground truth")
+                if cam is not None:
+                    _draw_boxes(ax, predicted_box(cam, thr), "red", "predicted")
+    if is_box:
+        axes[0][0].legend(loc="lower left", fontsize=6, framealpha=0.7)
     return _png(fig)
 
 
@@ -97,7 +137,7 @@ def region_sizes(curves: dict, title: str) -> bytes | None:
     true, pred = np.asarray(reg.get("true", []), float), np.asarray(reg.get("pred", []), float)
     if true.size == 0:
         return None
-    fig, ax = plt.subplots(figsize=(4, 3.6))
+    fig, ax = _figure(figsize=(4.4, 3.8))
     ax.scatter(true * 100, pred * 100, s=10, alpha=0.7)  # fractions -> %
     ax.plot([0, 100], [0, 100], "k--", lw=0.8)
     tau = reg.get("tau")
@@ -110,7 +150,7 @@ def box_curves(curves: dict, title: str) -> bytes | None:
     """Box localisation accuracy vs τ (survey Fig. 8, f-cam Fig. 5)."""
     if "box_acc" not in curves:
         return None
-    fig, ax = plt.subplots(figsize=(6, 3.4))
+    fig, ax = _figure(figsize=(6.4, 3.6))
     tau = np.asarray(curves["tau"])
     for key in sorted(k for k in curves if k.startswith(("box_acc", "top1_loc", "top5_loc"))):
         ax.plot(tau, curves[key], label=key)
