@@ -26,6 +26,7 @@ METHODS: Registry = Registry("method", {
     "siamese": "wsol.methods.siamese:Siamese",
     "spg": "wsol.methods.spg:SPG",
     "tscam": "wsol.methods.tscam:TSCAM",
+    "unet": "wsol.methods.unet:UNet",
     "weightmap": "wsol.methods.weightmap:WeightMap",
     "weightmap_siamese": "wsol.methods.weightmap_siamese:WeightMapSiamese",
     "wildcat": "wsol.methods.wildcat:Wildcat",
