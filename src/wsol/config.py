@@ -85,6 +85,8 @@ class OptimConfig(_Strict):
     channels_last: bool = Field(False, description="model and images in channels-last memory format")
     compile: bool = Field(False, description="torch.compile the model (falls back to eager, with a warning, "
                                              "where unsupported)")
+    sync_bn: bool = Field(False, description="distributed training (torchrun): BatchNorm as SyncBatchNorm, "
+                          "statistics over the global batch (CUDA only); false: each rank's batch")
 
 
 class SchedConfig(_Strict):
@@ -264,6 +266,24 @@ def deep_merge(base: dict, update: dict) -> dict:
     for k, v in update.items():
         out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
+
+
+#: the shipped configs (the repository's configs/ links here)
+CONFIGS = Path(__file__).parent / "configs"
+
+
+def config_path(path: str | Path) -> Path:
+    """A config file, or a shipped one: ``methods/wildcat`` -> the shipped
+    configs/methods/wildcat.yaml, and ``configs/methods/wildcat.yaml`` (the README's paths)
+    from any working directory. A file of the user's at that path wins."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    rel = path if path.suffix else path.with_suffix(".yaml")
+    if rel.parts and rel.parts[0] == "configs" and not rel.is_absolute():
+        rel = Path(*rel.parts[1:])
+    shipped = CONFIGS / rel
+    return shipped if not path.is_absolute() and shipped.is_file() else path
 
 
 def load_config(

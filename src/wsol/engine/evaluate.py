@@ -46,6 +46,7 @@ from wsol.engine.selection import selection_score  # noqa: F401  (re-exported: B
 from wsol.errors import MetricError
 from wsol.metrics import BoxAccumulator, ClassificationAccumulator, PixelAccumulator, weight_map_scores
 from wsol.metrics.pixel import validate_cams
+from wsol.metrics.pr import PRAccumulator  # per-image PR curves (min-max-entropy Fig. 6)
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +102,12 @@ class Evaluator:
     ``localize=False`` computes classification metrics only. F1± use the method's own
     ``binary_threshold`` (MAXMIN: σ) when it localises with its own maps, else 0.5.
     ``overlap``: accumulate batch k in a helper thread while batch k + 1 is computed (module
-    doc; same numbers)."""
+    doc; same numbers). ``distributed`` (DDP): each rank runs its shard of the split and the
+    accumulators are summed across ranks before ``compute`` (wsol.engine.distributed)."""
 
     def __init__(self, model: torch.nn.Module, *, loc_kind: Literal["mask", "box"], device: torch.device,
                  localizer: Localizer | None = None, localize: bool = True, label_free_s: bool = False,
-                 overlap: bool = True, cam_curve_interval: float = 0.001):
+                 overlap: bool = True, cam_curve_interval: float = 0.001, distributed: bool = False):
         if loc_kind not in ("mask", "box"):
             raise MetricError(f"Evaluator: loc_kind must be 'mask' or 'box', got {loc_kind!r}")
         own = getattr(model, "localize", None)
@@ -121,6 +123,7 @@ class Evaluator:
         self.f1_tau = 0.5 if threshold is None else float(threshold)
         self.overlap = overlap
         self.cam_curve_interval = cam_curve_interval
+        self.distributed = distributed
 
     def run(self, loader: Iterable[Batch], *, tau: float | None = None,
             eval_size: Literal["input", "original"] = "input", progress: Progress | None = None,
@@ -136,6 +139,8 @@ class Evaluator:
         cls_acc = ClassificationAccumulator()
         pix = PixelAccumulator(region_tau=tau, f1_tau=self.f1_tau,
                                                     cam_curve_interval=self.cam_curve_interval) if localize and self.loc_kind == "mask" else None
+        # per-image averaged PR curves of fg / bg (min-max-entropy Fig. 6), mask sets
+        pr = PRAccumulator(cam_curve_interval=self.cam_curve_interval) if pix is not None else None
         box = (BoxAccumulator(cam_curve_interval=self.cam_curve_interval)
                if localize and self.loc_kind == "box" else None)
         s_acc = [0.0, 0]  # label-free S: sum, count
@@ -149,6 +154,8 @@ class Evaluator:
                     s_acc[0], s_acc[1] = s_acc[0] + float(s.sum()), s_acc[1] + len(s)
                 if pix is not None and cams is not None:
                     _update_pixels(pix, cams, batch, n, eval_size)
+                    if pr is not None:  # Fig. 6 PR curves
+                        _update_pixels(pr, cams, batch, n, eval_size)
                 elif box is not None and cams is not None:
                     _update_boxes(box, cams, batch, n, eval_size, logits, labels)
                 if len(items) < gallery:
@@ -188,6 +195,14 @@ class Evaluator:
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             model.train(was_training)
+        if self.distributed:  # DDP: every rank scored its shard; sum them (wsol.engine.distributed)
+            from wsol.engine.distributed import reduce_evaluation
+
+            pix = reduce_evaluation(cls_acc, pix, box, s_acc)
+            if pr is not None:  # Fig. 6 PR curves: summable state, summed across ranks
+                from wsol.metrics import all_reduce_accumulator
+
+                all_reduce_accumulator(pr)
         metrics: dict[str, Any] = dict(cls_acc.compute())
         curves: dict[str, Any] = {}
         if pix is not None and pix.n_images == 0:
@@ -195,6 +210,9 @@ class Evaluator:
         elif pix is not None:
             metrics.update(pix.compute(tau=tau))
             curves = pix.curves(tau=metrics["tau"])
+            if pr is not None and pr.n_images:  # Fig. 6 PR curves: pr_auc_fg/bg, curves["pr"]
+                metrics.update(pr.compute())
+                curves["pr"] = pr.curves()
         if box is not None and int(box.counts[0]) == 0:
             log.info("no image of this split has a ground-truth box: classification metrics only")
         elif box is not None:
@@ -238,7 +256,7 @@ def evaluate_split(
     return ev.run(loader, tau=tau, eval_size=eval_size, progress=progress, gallery=gallery)
 
 
-def _update_pixels(pix: PixelAccumulator, cams: Tensor, batch: Batch, n: int, eval_size: str) -> None:
+def _update_pixels(pix: PixelAccumulator | PRAccumulator, cams: Tensor, batch: Batch, n: int, eval_size: str) -> None:
     if eval_size == "original":
         masks = _original_labels(batch, "orig_masks", n)
         keep = [i for i, m in enumerate(masks) if m is not None]

@@ -36,6 +36,7 @@ from wsol.data.records import RecordDataset, load_sample
 from wsol.data.registry import build_dataset
 from wsol.data.sample import Batch, Sample, collate
 from wsol.data.transforms import Compose, single_thread
+from wsol.engine.distributed import ShardSampler, check_batch_size, eval_batch_size
 from wsol.errors import DataError
 from wsol.runs import resolve_device
 
@@ -229,11 +230,14 @@ def split_size(cfg: RunConfig, split: str) -> int:
     return len(get_dataset(cfg.data.name).list_records(cfg.data.root, split, cfg.data.options))
 
 
-def make_loader(cfg: RunConfig, split: str, train: bool, seed: int = 0, keep_original: bool = False) -> DataLoader:
+def make_loader(cfg: RunConfig, split: str, train: bool, seed: int = 0, keep_original: bool = False,
+                rank: int = 0, world_size: int = 1) -> DataLoader:
     """The split's DataLoader of :class:`~wsol.data.sample.Batch` es: shuffled and augmented
     when ``train`` (call ``loader.sampler.set_epoch(epoch)`` each epoch), in order otherwise;
     ``data.num_workers`` persistent workers (``auto``: see :func:`resolve_workers`), pinned
-    memory when the run's device is CUDA, ``data.cache``."""
+    memory when the run's device is CUDA, ``data.cache``. ``world_size > 1`` (DDP): this
+    ``rank``'s shard, with the global batch sizes split over the ranks
+    (:mod:`wsol.engine.distributed`)."""
     base = build_dataset(cfg.data, split, train=train, keep_original=keep_original)
     if len(base) == 0:
         raise DataError(
@@ -241,13 +245,20 @@ def make_loader(cfg: RunConfig, split: str, train: bool, seed: int = 0, keep_ori
             f"check the dataset's split files ('wsol data verify {cfg.data.name} {cfg.data.root}')"
         )
     batch_size = cfg.optim.batch_size if train else cfg.eval.batch_size
-    drop_last = train and len(base) > batch_size
-    n_batches = len(base) // batch_size if drop_last else -(-len(base) // batch_size)
+    n_items = len(base)
+    if world_size > 1:  # DDP (wsol.engine.distributed): global batch sizes, this rank's shard
+        check_batch_size(cfg, world_size)
+        batch_size = batch_size // world_size if train else eval_batch_size(batch_size, world_size)
+        n_items = len(ShardSampler(EpochSampler(len(base), seed, shuffle=train), rank, world_size, pad=train))
+    drop_last = train and n_items > batch_size
+    n_batches = n_items // batch_size if drop_last else -(-n_items // batch_size)
     workers = resolve_workers(cfg.data.num_workers, n_batches)
     if cfg.data.num_workers == "auto" and workers > 0 and not _can_start_workers(base):
         workers = 0
     ds = LoaderDataset(base, cache=cfg.data.cache, workers=workers)
-    sampler = EpochSampler(len(ds), seed, shuffle=train)
+    sampler: EpochSampler | ShardSampler[Key] = EpochSampler(len(ds), seed, shuffle=train)
+    if world_size > 1:  # DDP: padded strided shard for training, unpadded block for evaluation
+        sampler = ShardSampler(sampler, rank, world_size, pad=train)
     g = torch.Generator()  # the loader's own (worker base seeds): never the global RNG
     g.manual_seed(seed)
     pin = resolve_device(cfg.device).type == "cuda"
@@ -270,5 +281,5 @@ def set_epoch(loader: DataLoader, epoch: int) -> None:
     """Tell a loader made by :func:`make_loader` which epoch it serves (its shuffle and
     sample seeds); other loaders are left alone."""
     sampler = getattr(loader, "sampler", None)
-    if isinstance(sampler, EpochSampler):
+    if isinstance(sampler, (EpochSampler, ShardSampler)):  # ShardSampler: DDP
         sampler.set_epoch(epoch)

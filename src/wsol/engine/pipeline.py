@@ -109,6 +109,10 @@ def train_and_evaluate(cfg: RunConfig, callbacks: Callbacks | None = None, resum
     """Train, evaluate every kept checkpoint on test, write the report. ``overwrite``
     replaces a previous run in ``cfg.run_dir`` (its own files only)."""
     result = Trainer(cfg, callbacks=callbacks, overwrite=overwrite).fit(resume=resume)
+    from wsol.engine.distributed import is_main
+
+    if not is_main():  # under torchrun, rank 0 alone evaluates and writes the report
+        return result, {}
     evals = evaluate_selected(result.run_dir, "test", callbacks)
     if report:
         from wsol.report.html import write_report

@@ -23,6 +23,11 @@ epoch logs the share of its time spent in validation.
 A split without pixel-labelled validation images (``valpx`` empty, e.g. the ``folder``
 reader without masks) skips the criteria that read it (B-LOC) with one log line; B-CL
 selects, and ``run.json`` lists only the criteria kept.
+
+Distributed training (issue 17): under ``torchrun`` (``WORLD_SIZE > 1``) the trainer joins the
+process group, trains the method wrapped in DDP on its shard of each epoch, sums the
+validation metrics and epoch losses across ranks, and writes files from rank 0 only; see
+:mod:`wsol.engine.distributed` (the marked ``# DDP`` lines below are its hooks).
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ from wsol.config import RunConfig, dump_config
 from wsol.data.registry import get_dataset
 from wsol.data.sample import Batch
 from wsol.engine.callbacks import Callbacks
+from wsol.engine.distributed import DistContext, DistributedStep, convert_sync_bn, reduce_loss_means
+from wsol.engine.distributed import setup as setup_distributed
 from wsol.engine.evaluate import Evaluator
 from wsol.engine.loader import make_loader, set_epoch, split_size
 from wsol.engine.selection import DEFAULT_CRITERIA, SELECTION, Criterion
@@ -260,6 +267,8 @@ class Trainer:
         self.amp_dtype = AMP_DTYPES[cfg.optim.amp]
         self.scaler: torch.amp.GradScaler | None = None
         self.compiled = self.compile_unproven = False
+        self.dist = DistContext(device=self.device)  # DDP: set by fit (wsol.engine.distributed)
+        self.dstep: DistributedStep | None = None
 
     def _write_history(self, history: list[dict[str, float]]) -> None:
         keys: list[str] = []
@@ -275,9 +284,25 @@ class Trainer:
         """Train (or continue, ``resume``) into the run folder, which is locked meanwhile;
         a folder holding another run is refused unless the trainer was built with
         ``overwrite=True`` (see :func:`wsol.runs.prepare_run_folder`)."""
-        prepare_run_folder(self.run_dir, resume=resume, overwrite=self.overwrite)
-        with RunLock(self.run_dir):
-            return self._fit(resume)
+        # DDP: join torchrun's process group; rank 0 alone prepares and locks the folder (its
+        # errors are raised on every rank), the others get no progress callbacks
+        self.dist = setup_distributed(self.cfg.device)
+        try:
+            self.device = self.dist.device
+            if not self.dist.is_main:
+                self.cb = Callbacks()
+            with contextlib.ExitStack() as lock:
+                def prepare() -> None:
+                    prepare_run_folder(self.run_dir, resume=resume, overwrite=self.overwrite)
+                    lock.enter_context(RunLock(self.run_dir))
+
+                self.dist.run_on_main(prepare)
+                result = self._fit(resume)
+            self.dist.barrier()  # DDP: rank 0's files are complete when fit returns on any rank
+            return result
+        finally:
+            self.dist.close()
+            self.dstep = None
 
     def _criteria(self, info: RunInfo) -> list[Criterion]:
         """The run's selection criteria whose validation split has images; a criterion on an
@@ -309,20 +334,25 @@ class Trainer:
         method.to(self.device)
         if cfg.optim.channels_last:
             method.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        if cfg.optim.sync_bn:  # DDP: BatchNorm over the global batch (CUDA); no-op in one process
+            convert_sync_bn(method, self.dist)
         opt = build_optimizer(cfg, method)
         sched = build_scheduler(cfg, opt)
         if self.amp_dtype is torch.float16:
             self.scaler = torch.amp.GradScaler(self.device.type)
         criteria = self._criteria(info)
-        train_loader = make_loader(cfg, method.train_split, train=True, seed=cfg.seed)
-        val_loaders = {split: make_loader(cfg, split, train=False)
+        rank, world = self.dist.rank, self.dist.world_size  # DDP: this rank's shard
+        train_loader = make_loader(cfg, method.train_split, train=True, seed=cfg.seed, rank=rank, world_size=world)
+        val_loaders = {split: make_loader(cfg, split, train=False, rank=rank, world_size=world)
                        for split in ("valcl", "valpx") if any(c.split == split for c in criteria)}
 
         history: list[dict[str, float]] = []
         best = {c.name: -math.inf for c in criteria}
         start_epoch = 0
         if resume:
-            ck = load_checkpoint(self.run_dir, LAST, map_location=self.device)
+            # DDP: rank 0 reads the checkpoint and broadcasts it (other nodes need no run folder)
+            ck = self.dist.run_on_main(lambda: load_checkpoint(
+                self.run_dir, LAST, map_location="cpu" if self.dist.active else self.device))
             if _resume_key(ck.get("config", "")) != _resume_key(dump_config(cfg)):
                 raise CheckpointError(
                     f"{checkpoint_path(self.run_dir, LAST)}: the run was trained with another config; "
@@ -347,11 +377,15 @@ class Trainer:
         if cfg.optim.compile:
             # a compiled forward that fails at its first real step falls back to eager
             self.compiled = self.compile_unproven = try_compile(method, self.device)
+        if self.dist.active:  # DDP: gradients averaged across ranks (broadcasts rank 0's weights)
+            self.dstep = DistributedStep(method, self.dist, cfg.model.method.name)
 
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
-        write_run_info(self.run_dir, info)
-        writer = _tensorboard(self.run_dir / "tb")
+        main = self.dist.is_main  # DDP: rank 0 writes every file
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.run_dir / "config.yaml", dump_config(cfg))
+            write_run_info(self.run_dir, info)
+        writer = _tensorboard(self.run_dir / "tb") if main else None
         timings: list[dict[str, float]] = []
         try:
             for epoch in range(start_epoch, cfg.optim.epochs):
@@ -373,14 +407,15 @@ class Trainer:
                             writer.add_scalar(k, v, epoch)
                     writer.add_scalar("time/train_s", t1 - t0, epoch)
                     writer.add_scalar("time/val_s", t2 - t1, epoch)
-                self._write_history(history)
-                save_checkpoint(checkpoint_path(self.run_dir, LAST), {
-                    "model": _state_dict(method), "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict() if sched is not None else None,
-                    "scaler": self.scaler.state_dict() if self.scaler is not None else None,
-                    "epoch": epoch, "history": history, "best": best, "config": dump_config(cfg),
-                    "class_names": info.class_names, "rng": rng_state(train_loader.generator),
-                })
+                if main:
+                    self._write_history(history)
+                    save_checkpoint(checkpoint_path(self.run_dir, LAST), {
+                        "model": _state_dict(method), "optimizer": opt.state_dict(),
+                        "scheduler": sched.state_dict() if sched is not None else None,
+                        "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+                        "epoch": epoch, "history": history, "best": best, "config": dump_config(cfg),
+                        "class_names": info.class_names, "rng": rng_state(train_loader.generator),
+                    })
                 self.cb.on_epoch_end(row)
         finally:
             if writer is not None:
@@ -402,23 +437,28 @@ class Trainer:
         # zero first: a method may backpropagate part of its loss inside training_step
         # (min-max entropy's recursion does, one step at a time) before ``total``
         opt.zero_grad(set_to_none=True)
-        with self._autocast():
-            terms = method.training_step(batch, state)
-        total = terms["total"]
+        dstep = self.dstep  # DDP: the step through DistributedDataParallel, gradients averaged
+        with dstep.step() if dstep is not None else contextlib.nullcontext():
+            with self._autocast():
+                terms = dstep.training_step(batch, state) if dstep is not None else method.training_step(batch, state)
+            total = terms["total"]
+            if self.scaler is not None:
+                if any(p.grad is not None for p in method.parameters()):
+                    raise ConfigError(
+                        f"optim.amp=fp16: method {self.cfg.model.method.name!r} backpropagates inside training_step, "
+                        "where the engine's GradScaler cannot scale its loss (its fp16 gradients would underflow); "
+                        "use optim.amp=bf16 (no scaler needed) or none"
+                    )
+                if total.requires_grad:
+                    self.scaler.scale(total).backward()
+            elif total.requires_grad:
+                total.backward()
+        if dstep is not None:
+            dstep.sync_gradients()
         if self.scaler is not None:
-            if any(p.grad is not None for p in method.parameters()):
-                raise ConfigError(
-                    f"optim.amp=fp16: method {self.cfg.model.method.name!r} backpropagates inside training_step, "
-                    "where the engine's GradScaler cannot scale its loss (its fp16 gradients would underflow); "
-                    "use optim.amp=bf16 (no scaler needed) or none"
-                )
-            if total.requires_grad:
-                self.scaler.scale(total).backward()
             self.scaler.step(opt)
             self.scaler.update()
         else:
-            if total.requires_grad:
-                total.backward()
             opt.step()
         return terms
 
@@ -429,7 +469,7 @@ class Trainer:
         steps = len(loader)
         state = TrainState(epoch=epoch, step=epoch * steps, num_epochs=self.cfg.optim.epochs)
         meter = LossMeter(self.device)
-        self.cb.on_stage(f"epoch {epoch + 1}/{self.cfg.optim.epochs}", len(loader.dataset))  # type: ignore[arg-type]
+        self.cb.on_stage(f"epoch {epoch + 1}/{self.cfg.optim.epochs}", len(loader.sampler))  # type: ignore[arg-type]
         try:
             for i, batch in enumerate(loader):
                 batch = batch.to(self.device, non_blocking=True)
@@ -459,7 +499,9 @@ class Trainer:
             raise
         meter.check(epoch, steps)
         row: dict[str, float] = {"epoch": epoch + 1, "lr": opt.param_groups[0]["lr"]}
-        row.update({f"train/{k}": v for k, v in meter.read().items()})
+        # DDP: the means over every rank's samples
+        means = reduce_loss_means(meter.names, meter.sums, meter.n) if self.dist.active else meter.read()
+        row.update({f"train/{k}": v for k, v in means.items()})
         return row
 
     def _validate(self, method: Method, loaders: dict[str, DataLoader], criteria: list[Criterion], info: RunInfo,
@@ -467,19 +509,21 @@ class Trainer:
         method.eval()
         metrics: dict[str, dict[str, Any]] = {}
         for split, loader in loaders.items():
-            self.cb.on_stage(split, len(loader.dataset))  # type: ignore[arg-type]
+            self.cb.on_stage(split, len(loader.sampler))  # type: ignore[arg-type]
             ev = Evaluator(method, loc_kind=info.loc_kind, device=self.device, localize=split == "valpx",
                            label_free_s=any(c.label_free_s and c.split == split for c in criteria),
-                           cam_curve_interval=self.cfg.eval.cam_curve_interval)
+                           cam_curve_interval=self.cfg.eval.cam_curve_interval,
+                           distributed=self.dist.active)  # DDP: metrics summed over the ranks' shards
             metrics[split] = ev.run(loader, progress=self.cb.on_advance).metrics
         for c in criteria:
             score = float(c.score(metrics[c.split], info.loc_kind, self.cfg.eval.selection_metric))
             if c.better(score, best[c.name]):
                 best[c.name] = score
-                save_checkpoint(checkpoint_path(self.run_dir, c.name), {
-                    "model": _state_dict(method), "epoch": epoch, "score": score,
-                    "config": dump_config(self.cfg), "class_names": info.class_names,
-                })
+                if self.dist.is_main:  # DDP: every rank has the same metrics; rank 0 writes
+                    save_checkpoint(checkpoint_path(self.run_dir, c.name), {
+                        "model": _state_dict(method), "epoch": epoch, "score": score,
+                        "config": dump_config(self.cfg), "class_names": info.class_names,
+                    })
         row: dict[str, float] = {}
         for split, m in metrics.items():
             row.update({f"{split}/{k}": float(v) for k, v in m.items() if _is_number(v)})
@@ -501,6 +545,8 @@ def _resume_key(config_yaml: str) -> dict:
     data.pop("run_dir", None)
     for key in ("root", "num_workers", "cache"):  # where the data is and how it is loaded: same numbers
         data.get("data", {}).pop(key, None)
+    if not data.get("optim", {}).get("sync_bn", True):  # DDP option added later: runs from before resume
+        data["optim"].pop("sync_bn", None)
     return data
 
 

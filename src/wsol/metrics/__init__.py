@@ -102,6 +102,13 @@ Weight-map rule (weight-map-wsol.txt Eqs. 5–6)
     S = Σ M̂ inside the contour's bounding rectangle / Σ M̂ → ``weight_map_box_acc``
     (% IoU ≥ 0.5) and ``weight_map_score_s`` (mean S, the paper's early-stopping score).
 
+Per-image precision–recall curves (min-max-entropy Fig. 6; :mod:`wsol.metrics.pr`)
+    Per image and per class (foreground: s vs mask 1; background: 1 − s vs mask 0) the PR
+    points at the PxAP thresholds, cut at the first full recall, (0, 1) appended, precision
+    interpolated (``numpy.interp``) on the recall axis ``np.arange(0, 1, 1e-3)`` + [1];
+    curves averaged over images (an image without foreground is skipped for the foreground
+    curve); ``pr_auc_fg`` / ``pr_auc_bg`` = 100 × trapezoid area of the mean curve.
+
 Classification (survey Eq. 13)
     ``top1_acc``, ``top5_acc``, ``top1_err``, ``top5_err`` in %.
 
@@ -132,6 +139,7 @@ from wsol.metrics.pixel import (
     threshold_grid_for,
     validate_cams,
 )
+from wsol.metrics.pr import RECALL_STEP, PRAccumulator, pr_curves, recall_axis
 
 __all__ = [
     "BoxAccumulator",
@@ -141,10 +149,14 @@ __all__ = [
     "all_reduce_accumulator",
     "N_THRESHOLDS",
     "PixelAccumulator",
+    "PRAccumulator",
+    "RECALL_STEP",
     "ThresholdGrid",
     "box_iou",
     "box_metrics",
     "pixel_metrics",
+    "pr_curves",
+    "recall_axis",
     "rescale_boxes",
     "threshold_bins",
     "threshold_grid",
