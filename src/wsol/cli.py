@@ -28,7 +28,6 @@ from wsol.engine.callbacks import Callbacks, LogCallbacks
 from wsol.errors import ConfigError, WSOLError
 
 console = Console(stderr=False)
-CONFIGS = Path(__file__).parent / "configs"  # shipped configs (the repo's configs/ links here)
 err_console = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -40,7 +39,8 @@ app.add_typer(data_app, name="data")
 TABLE_KEYS = [
     ("top1_acc", "accuracy (%)"), ("top5_acc", "top-5 accuracy (%)"), ("pxap", "PxAP"), ("tp_star", "TP*"),
     ("fn_star", "FN*"), ("fp_star", "FP*"), ("tn_star", "TN*"), ("dice_fg_pooled", "Dice+ pooled @τ*"),
-    ("dice_bg_pooled", "Dice- pooled @τ*"), ("f1_fg_mean", "F1+ mean @0.5"), ("f1_bg_mean", "F1- mean @0.5"), ("tau", "τ*"),
+    ("dice_bg_pooled", "Dice- pooled @τ*"), ("f1_fg_mean", "F1+ mean @0.5"), ("f1_bg_mean", "F1- mean @0.5"),
+    ("pr_auc_fg", "PR-AUC+ (Fig. 6)"), ("pr_auc_bg", "PR-AUC- (Fig. 6)"), ("tau", "τ*"),
     ("max_box_acc", "MaxBoxAcc"), ("max_box_acc_v2", "MaxBoxAccV2"), ("top1_loc", "top-1 loc"),
     ("top5_loc", "top-5 loc"), ("epoch", "epoch"),
 ]
@@ -174,6 +174,7 @@ def demo(
     set_: Annotated[list[str], typer.Option("--set", help="override a config value, e.g. optim.lr=0.01")] = [],
 ) -> None:
     """Generate the embedded data, train CAM (ResNet-18, random init), evaluate, write the report."""
+    from wsol.config import CONFIGS
     from wsol.data import ensure_dataset
     from wsol.engine.pipeline import train_and_evaluate
 
@@ -204,11 +205,12 @@ def train(
     verbose: Annotated[bool, typer.Option("-v")] = False,
 ) -> None:
     """Train a method; then evaluate best_loc and best_cls on the test split and write the report."""
+    from wsol.config import config_path
     from wsol.engine.pipeline import train_and_evaluate
     from wsol.engine.trainer import Trainer
 
     _setup_logging(verbose)
-    paths = [_config_path(c) for c in config]
+    paths = [config_path(c) for c in config]
     overrides = list(set_)
     if resume and len(paths) == 1 and (paths[0].parent / "run.json").is_file() and paths[0].name == "config.yaml":
         overrides.insert(0, f"run_dir={paths[0].parent}")  # a moved or copied run resumes where it is now
@@ -218,6 +220,8 @@ def train(
             Trainer(cfg, callbacks=cb, overwrite=overwrite).fit(resume=resume)
             return
         _, evals = train_and_evaluate(cfg, cb, resume=resume, overwrite=overwrite)
+    if not evals:  # a non-zero rank under torchrun: rank 0 prints and writes
+        return
     console.print(metrics_table({k: v.result.metrics for k, v in evals.items()}, f"test split — {cfg.run_dir}",
                                 _n_classes(cfg.run_dir)))
     console.print(f"report: {Path(cfg.run_dir) / 'report.html'}")
@@ -232,33 +236,31 @@ def evaluate(
     extractor: Annotated[str | None, typer.Option(help="evaluate through a top-down extractor (e.g. gradcam)")] = None,
     layer: Annotated[str | None, typer.Option(help="extractor target layer, e.g. backbone.layer4")] = None,
     eval_size: Annotated[str, typer.Option(help="input (model input size) | original (each image's size)")] = "input",
+    crf: Annotated[str | None, typer.Option(
+        help="refine the CAMs with a dense CRF before scoring: glas | natural (min-max-entropy App. B.3.3); "
+             "own column <checkpoint>[+extractor]+crf-<preset>")] = None,
+    crf_iters: Annotated[int | None, typer.Option(
+        help="with --crf: mean-field iterations instead of the preset's (column tag gets -it<N>)")] = None,
 ) -> None:
     """Evaluate checkpoints of a run with every metric of the protocol.
 
-    Results go to RUN/eval/<checkpoint>[+extractor]/<split>/ and are merged into the split's
-    summary (RUN/metrics.json for test, RUN/metrics-<split>.json otherwise)."""
+    Results go to RUN/eval/<checkpoint>[+extractor][+crf-preset]/<split>/ and are merged into
+    the split's summary (RUN/metrics.json for test, RUN/metrics-<split>.json otherwise)."""
     from wsol.engine.pipeline import evaluate_selected
 
     factory, tag = _localizer_factory(extractor, layer)
+    if crf is not None:
+        from wsol.postprocess import with_crf
+
+        factory, tag = with_crf(factory, tag, crf, **({} if crf_iters is None else {"iterations": crf_iters}))
+    elif crf_iters is not None:
+        raise WSOLError("--crf-iters goes with --crf glas|natural")
     with progress_callbacks() as cb:
         evals = evaluate_selected(run_dir, split, cb, tuple(checkpoint) if checkpoint else None,
                                   localizer_factory=factory, eval_size=eval_size, tag=tag)
     console.print(metrics_table({v.column: v.result.metrics for v in evals.values()},
-                                f"{split} split — {run_dir}" + (f" — {extractor}" if extractor else ""),
+                                f"{split} split — {run_dir}" + (f" — {tag}" if tag else ""),
                                 _n_classes(run_dir)))
-
-
-def _config_path(path: Path) -> Path:
-    """A config file, or a shipped one: ``methods/wildcat`` -> the shipped
-    configs/methods/wildcat.yaml, and ``configs/methods/wildcat.yaml`` (the README's paths)
-    from any working directory."""
-    if path.is_file():
-        return path
-    rel = path if path.suffix else path.with_suffix(".yaml")
-    if rel.parts and rel.parts[0] == "configs" and not rel.is_absolute():
-        rel = Path(*rel.parts[1:])
-    shipped = CONFIGS / rel
-    return shipped if not path.is_absolute() and shipped.is_file() else path
 
 
 def _localizer_factory(extractor: str | None, layer: str | None):

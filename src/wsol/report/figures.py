@@ -71,6 +71,27 @@ def pr_and_histogram(curves: dict[str, list[float]], tau: float | None, title: s
     return _png(fig)
 
 
+def pr_fg_bg(curves_by_column: dict[str, dict]) -> bytes | None:
+    """Per-image averaged precision–recall curves of the foreground (left) and background
+    (right), one line per evaluated column with its AUC (min-max-entropy Fig. 6); from each
+    column's ``curves["pr"]`` (:class:`wsol.metrics.pr.PRAccumulator`)."""
+    cols = {name: c["pr"] for name, c in curves_by_column.items() if isinstance(c.get("pr"), dict)}
+    if not cols:
+        return None
+    fig, axes = _figure(1, 2, figsize=(10, 3.8))
+    for ax, key, label in ((axes[0], "fg", "foreground"), (axes[1], "bg", "background")):
+        for name, pr in cols.items():
+            prec = np.asarray([np.nan if v is None else v for v in pr.get(f"precision_{key}", [])], dtype=float)
+            auc = pr.get(f"auc_{key}")
+            if prec.size and np.isfinite(prec).any():
+                ax.plot(pr["recall"], prec, label=f"{name} (AUC = {auc:.3f})" if auc is not None else name)
+        ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
+               title=f"{label}: per-image average precision–recall")
+        if ax.lines:
+            ax.legend(fontsize=7, loc="lower left")
+    return _png(fig)
+
+
 def _short(text: str, n: int = 30) -> str:
     return text if len(text) <= n else "…" + text[-(n - 1):]
 

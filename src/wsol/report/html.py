@@ -26,6 +26,7 @@ ROWS = [
     ("top1_acc", "Classification accuracy (%)"), ("top5_acc", "Top-5 accuracy (%)"), ("pxap", "PxAP"), ("tp_star", "TP*"), ("fn_star", "FN*"),
     ("fp_star", "FP*"), ("tn_star", "TN*"), ("dice_fg_pooled", "Dice+ (pooled, τ*)"),
     ("dice_bg_pooled", "Dice− (pooled, τ*)"), ("f1_fg_mean", "F1+ (mean, τ=0.5)"), ("f1_bg_mean", "F1− (mean, τ=0.5)"),
+    ("pr_auc_fg", "PR-AUC+ (per-image mean, Fig. 6)"), ("pr_auc_bg", "PR-AUC− (per-image mean, Fig. 6)"),
     ("tau", "τ* (from valpx)"), ("max_box_acc", "MaxBoxAcc"), ("max_box_acc_v2", "MaxBoxAccV2"),
     ("top1_loc", "top-1 loc"), ("top5_loc", "top-5 loc"), ("fg_fraction", "foreground fraction (%)"),
     ("epoch", "selected epoch"),
@@ -175,9 +176,15 @@ def write_report(run_dir: Path | str, split: str = "test", columns: tuple[str, .
                          + "".join(f"<td>{_fmt(key, e['metrics'].get(key))}</td>" for e in evals.values()) + "</tr>")
     parts.append("</tbody></table><p class='muted'>best_loc: B-LOC selection (localisation on valpx); "
                  "best_cls: B-CL selection (accuracy on valcl); <code>a = b</code>: both picked the same epoch "
-                 "(one model); <code>+name</code>: CAMs from the extractor <i>name</i>. τ* maximises mean IoU on "
-                 "valpx.</p>")
+                 "(one model); <code>+name</code>: CAMs from the extractor <i>name</i>; <code>+crf-preset</code>: CAMs "
+                 "refined by a dense CRF. τ* maximises mean IoU on valpx.</p>")
 
+    pr_png = figures.pr_fg_bg({name: e["curves"] for name, e in evals.items()})
+    if pr_png is not None:  # min-max-entropy Fig. 6: per-image averaged PR curves, fg and bg
+        parts.append("<h2>Precision–recall per image (foreground / background)</h2>" + _img(pr_png, "PR curves")
+                     + "<p class='muted'>per-image precision–recall curves at the PxAP thresholds, precision "
+                     "interpolated on a common recall axis (step 0.001) and averaged over images (an image without "
+                     "ROI counts for the background only); AUC by the trapezoid rule.</p>")
     parts.append("<h2>Training</h2>" + _img(figures.training_curves(read_history(run_dir)), "training curves"))
     for name, e in evals.items():
         tau = e["metrics"].get("tau")
