@@ -45,7 +45,8 @@ def test_set_typo_is_blamed_on_set_not_on_the_files(tmp_path, monkeypatch, capsy
 
 
 def test_shipped_config_names_and_paths(tmp_path, monkeypatch):
-    from wsol.cli import CONFIGS, _config_path
+    from wsol.config import CONFIGS
+    from wsol.config import config_path as _config_path
 
     monkeypatch.chdir(tmp_path)
     for given in ("configs/methods/wildcat.yaml", "methods/wildcat", "methods/wildcat.yaml", "./configs/methods/wildcat"):

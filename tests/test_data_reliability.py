@@ -96,6 +96,14 @@ def test_another_generator_needs_overwrite(tmp_path):
     assert marker(out)["name"] == "synthetic-glas" and json.loads((out / "dataset.json").read_text())["n"] == 2
 
 
+def test_synth_cli_overwrite_flag(tmp_path, capsys):
+    out = synthesize("synthetic-camelyon", tmp_path / "d", n=2, size=16)
+    assert synth_cli(out) == 2  # another generator's output: refused without --overwrite
+    assert "--overwrite" in capsys.readouterr().err and marker(out)["name"] == "synthetic-camelyon"
+    assert synth_cli(out, "--overwrite") == 0
+    assert marker(out)["name"] == "synthetic-glas"
+
+
 def test_interrupted_generation_leaves_the_previous_set(tmp_path, monkeypatch):
     out = synthesize("synthetic-glas", tmp_path / "sg", n=2, size=16)
     before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}

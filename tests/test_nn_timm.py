@@ -104,4 +104,4 @@ def test_timm_names_and_errors(monkeypatch):
         build_backbone(BackboneConfig(name="timm:test_vit", cam_friendly=False))
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(ConfigError, match=r"pip install 'wsol\[timm\]'"):
-        BACKBONES.get("timm:test_nfnet")  # (a name not resolved before in this process)
+        BACKBONES.get("timm:no_test_resolves_this_name")  # (resolved names are cached per process)

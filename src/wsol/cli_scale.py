@@ -22,16 +22,6 @@ from wsol.errors import WSOLError
 
 console = Console(stderr=False)
 err_console = Console(stderr=True, soft_wrap=True)
-CONFIGS = Path(__file__).parent / "configs"
-
-
-def _config_path(path: Path) -> Path:
-    """A config file, or the name of a shipped one (``methods/cam`` -> configs/methods/cam.yaml)."""
-    if path.is_file():
-        return path
-    shipped = CONFIGS / (path if path.suffix else path.with_suffix(".yaml"))
-    return shipped if shipped.is_file() else path
-
 
 def sweep_cmd(
     config: Annotated[list[Path], typer.Option("--config", "-c", help="base run config; several are merged in order")],
@@ -65,7 +55,9 @@ def sweep_cmd(
         params = "  ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in row["params"].items())
         console.print(f"trial {row['number']:>4}  {row['state']:<8} {value:>8}  {escape(params)}")
 
-    result = run_sweep([_config_path(c) for c in config], space, trials=trials, out=out, storage=storage,
+    from wsol.config import config_path
+
+    result = run_sweep([config_path(c) for c in config], space, trials=trials, out=out, storage=storage,
                        sampler=sampler, study=study, overrides=list(set_), select=select, pruner=pruner, seed=seed,
                        on_trial=on_trial)
     done = sum(r["state"] == "COMPLETE" for r in result.trials)

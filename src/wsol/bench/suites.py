@@ -35,10 +35,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from wsol.config import format_validation_error, load_yaml
+from wsol.config import CONFIGS, format_validation_error, load_yaml
 from wsol.errors import ConfigError
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SUITES_DIR = CONFIGS / "suites"
 
 CHECKPOINTS = ("best_loc", "best_cls")
