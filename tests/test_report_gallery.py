@@ -95,3 +95,27 @@ def test_tb_helpers_with_a_real_summary_writer(tmp_path):
     tb_hparams(writer, RunConfig(), {"pxap": 50.0})
     writer.close()
     assert list(tmp_path.rglob("events.out.tfevents.*"))
+
+
+def test_training_logs_overlays_hparams_and_no_counters(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    from wsol.config import load_config
+    from wsol.data import synthesize
+    from wsol.engine.trainer import TB_IMAGES, Trainer
+
+    root = synthesize("synthetic-glas", tmp_path / "d", n=4, size=32, seed=0)
+    cfg = load_config(None, ["data.name=synthetic-glas", f"data.root={root}", "data.image_size=32",
+                             f"run_dir={tmp_path / 'run'}", "optim.epochs=2", "optim.batch_size=4",
+                             "data.num_workers=0", "eval.gallery=0"])
+    Trainer(cfg).fit()
+    acc = ea.EventAccumulator(str(tmp_path / "run" / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    overlays = [t for t in tags["images"] if t.startswith("cams/")]
+    assert 0 < len(overlays) <= TB_IMAGES
+    assert [e.step for e in acc.Images(overlays[0])] == [0, 1]  # one per validation
+    assert "valpx/pxap" in tags["scalars"] and "train/total" in tags["scalars"]
+    assert not [t for t in tags["scalars"] if t.rsplit("/", 1)[-1].startswith("n_")]  # counters left out
+    hp = [p for p in (tmp_path / "run" / "tb").rglob("events.out.tfevents.*")]
+    assert any(b"hparams" in p.read_bytes() for p in hp)

@@ -63,6 +63,7 @@ from wsol.errors import CheckpointError, ConfigError, DataError, WSOLError
 from wsol.fileio import atomic_write_text
 from wsol.methods.base import Method, TrainState, build_method
 from wsol.nn.backbones import IMAGENET_MEAN, IMAGENET_STD
+from wsol.report.tb import scalar_items, tb_hparams, tb_images
 from wsol.runs import (
     HISTORY,
     LAST,
@@ -394,17 +395,19 @@ class Trainer:
                 if sched is not None:
                     sched.step()
                 t1 = time.perf_counter()
+                gallery: list[dict[str, Any]] = []  # a few valpx CAMs for TensorBoard
                 if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.optim.epochs:
-                    row.update(self._validate(method, val_loaders, criteria, info, epoch, best))
+                    row.update(self._validate(method, val_loaders, criteria, info, epoch, best,
+                                              gallery if writer is not None else None))
                 t2 = time.perf_counter()
                 timings.append({"epoch": epoch + 1, "train_s": t1 - t0, "val_s": t2 - t1})
                 log.info("epoch %d/%d: training %.1f s, validation %.1f s (%.0f%% of the epoch)", epoch + 1,
                          cfg.optim.epochs, t1 - t0, t2 - t1, 100.0 * (t2 - t1) / max(t2 - t0, 1e-9))
                 history.append(row)
                 if writer is not None:
-                    for k, v in row.items():
-                        if k != "epoch":
-                            writer.add_scalar(k, v, epoch)
+                    for k, v in scalar_items(row).items():  # pixel / image counters left out
+                        writer.add_scalar(k, v, epoch)
+                    tb_images(writer, gallery, epoch)
                     writer.add_scalar("time/train_s", t1 - t0, epoch)
                     writer.add_scalar("time/val_s", t2 - t1, epoch)
                 if main:
@@ -417,6 +420,9 @@ class Trainer:
                         "class_names": info.class_names, "rng": rng_state(train_loader.generator),
                     })
                 self.cb.on_epoch_end(row)
+            if writer is not None:
+                tb_hparams(writer, cfg, {**(history[-1] if history else {}),
+                                         **{f"best/{k}": v for k, v in best.items()}})
         finally:
             if writer is not None:
                 writer.close()
@@ -505,7 +511,10 @@ class Trainer:
         return row
 
     def _validate(self, method: Method, loaders: dict[str, DataLoader], criteria: list[Criterion], info: RunInfo,
-                  epoch: int, best: dict[str, float]) -> dict[str, float]:
+                  epoch: int, best: dict[str, float], gallery: list[dict[str, Any]] | None = None) -> dict[str, float]:
+        """Validate on each selection split, save the checkpoints whose criterion improved,
+        return the history row; ``gallery`` (a list) receives a few valpx samples with their
+        CAMs (for TensorBoard)."""
         method.eval()
         metrics: dict[str, dict[str, Any]] = {}
         for split, loader in loaders.items():
@@ -514,7 +523,11 @@ class Trainer:
                            label_free_s=any(c.label_free_s and c.split == split for c in criteria),
                            cam_curve_interval=self.cfg.eval.cam_curve_interval,
                            distributed=self.dist.active)  # DDP: metrics summed over the ranks' shards
-            metrics[split] = ev.run(loader, progress=self.cb.on_advance).metrics
+            res = ev.run(loader, progress=self.cb.on_advance,
+                         gallery=TB_IMAGES if gallery is not None and split == "valpx" else 0)
+            metrics[split] = res.metrics
+            if gallery is not None:
+                gallery.extend(res.gallery)
         for c in criteria:
             score = float(c.score(metrics[c.split], info.loc_kind, self.cfg.eval.selection_metric))
             if c.better(score, best[c.name]):
@@ -528,6 +541,10 @@ class Trainer:
         for split, m in metrics.items():
             row.update({f"{split}/{k}": float(v) for k, v in m.items() if _is_number(v)})
         return row
+
+
+#: valpx images whose CAM overlays go to TensorBoard at each validation
+TB_IMAGES = 4
 
 
 def _state_dict(method: Method) -> dict[str, torch.Tensor]:
