@@ -119,3 +119,36 @@ def test_training_logs_overlays_hparams_and_no_counters(tmp_path):
     assert not [t for t in tags["scalars"] if t.rsplit("/", 1)[-1].startswith("n_")]  # counters left out
     hp = [p for p in (tmp_path / "run" / "tb").rglob("events.out.tfevents.*")]
     assert any(b"hparams" in p.read_bytes() for p in hp)
+
+
+def test_evaluator_gallery_is_the_split_best_median_and_worst():
+    """With τ known (test split, τ* from valpx) the gallery is chosen over the whole split,
+    not among the first images: CAM k covers the first c_k columns, the ROI the left half."""
+    import torch
+
+    from wsol.data.sample import Batch
+    from wsol.engine.evaluate import Evaluator
+
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+
+        def forward(self, x):
+            return self.w.expand(len(x), 2)
+
+    cols = [2, 3, 5, 6, 7, 8, 4, 1, 3, 6]  # IoU with cols < 4: min(c, 4) / max(c, 4)
+    images = torch.zeros(len(cols), 3, 8, 8)
+    for k, c in enumerate(cols):
+        images[k, 0, :, :c] = 1.0
+    masks = torch.zeros(len(cols), 8, 8, dtype=torch.uint8)
+    masks[:, :, :4] = 1
+    batches = [Batch(images=images[i:i + 5], labels=torch.zeros(5, dtype=torch.long),
+                     image_ids=[f"im{k}" for k in range(i, i + 5)], masks=masks[i:i + 5],
+                     has_mask=torch.ones(5, dtype=torch.bool)) for i in (0, 5)]
+    ev = Evaluator(Fixed(), loc_kind="mask", device=torch.device("cpu"), localizer=lambda x, t: x[:, 0])
+    res = ev.run(batches, tau=0.5, gallery=8)
+    ranks = {it["rank"]: (it["image_id"], round(it["iou"], 3)) for it in res.gallery}
+    assert ranks["best"] == ("im6", 1.0) and ranks["worst"] == ("im7", 0.25)
+    assert ranks["median"][1] == 0.667  # the split's median IoU (two images at 2/3)
+    assert [it["image_id"] for it in ev.run(batches, gallery=3).gallery] == ["im0", "im1", "im2"]  # τ unknown

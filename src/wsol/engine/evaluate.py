@@ -47,6 +47,7 @@ from wsol.errors import MetricError
 from wsol.metrics import BoxAccumulator, ClassificationAccumulator, PixelAccumulator, weight_map_scores
 from wsol.metrics.pixel import validate_cams
 from wsol.metrics.pr import PRAccumulator  # per-image PR curves (min-max-entropy Fig. 6)
+from wsol.report.gallery import GalleryPool, item_iou
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +133,24 @@ class Evaluator:
         region sizes of mask sets (e.g. τ* chosen on valpx; ``None``: this split's τ*; box
         metrics sweep their own thresholds). Images without a mask (mask sets) or without a
         GT box (box sets) count for classification only. ``progress`` is called with the
-        batch size after each batch; ``gallery`` keeps the first samples."""
+        batch size after each batch; ``gallery`` > 0 keeps images for the report: with ``tau``
+        given, the best, median and worst of the split by per-image IoU at ``tau``
+        (:class:`wsol.report.gallery.GalleryPool`), otherwise the first ``gallery`` samples."""
         if eval_size not in ("input", "original"):
             raise MetricError(f"Evaluator: eval_size must be 'input' or 'original', got {eval_size!r}")
         model, localize = self.model, self.localize
         cls_acc = ClassificationAccumulator()
-        pix = PixelAccumulator(region_tau=tau, f1_tau=self.f1_tau,
-                                                    cam_curve_interval=self.cam_curve_interval) if localize and self.loc_kind == "mask" else None
+        pix = (PixelAccumulator(region_tau=tau, f1_tau=self.f1_tau, cam_curve_interval=self.cam_curve_interval)
+               if localize and self.loc_kind == "mask" else None)
         # per-image averaged PR curves of fg / bg (min-max-entropy Fig. 6), mask sets
         pr = PRAccumulator(cam_curve_interval=self.cam_curve_interval) if pix is not None else None
         box = (BoxAccumulator(cam_curve_interval=self.cam_curve_interval)
                if localize and self.loc_kind == "box" else None)
         s_acc = [0.0, 0]  # label-free S: sum, count
         items: list[dict[str, Any]] = []
+        # the report's gallery: with a known τ (mask sets, τ* from valpx) the best, median and
+        # worst images of the whole split by per-image IoU; otherwise the first samples
+        best_worst = GalleryPool() if gallery > 0 and localize and tau is not None else None
 
         def accumulate(batch: Batch, logits: Tensor, labels: Tensor, cams: Tensor | None, n: int) -> None:
             with torch.no_grad():
@@ -158,7 +164,10 @@ class Evaluator:
                         _update_pixels(pr, cams, batch, n, eval_size)
                 elif box is not None and cams is not None:
                     _update_boxes(box, cams, batch, n, eval_size, logits, labels)
-                if len(items) < gallery:
+                if best_worst is not None and cams is not None:
+                    for it in _gallery_items(batch, cams, logits, len(batch), self.loc_kind):
+                        best_worst.add(it, item_iou(it, tau))
+                elif len(items) < gallery:
                     items.extend(_gallery_items(batch, cams, logits, gallery - len(items), self.loc_kind))
 
         was_training = model.training
@@ -221,6 +230,8 @@ class Evaluator:
         if s_acc[1]:
             metrics["weight_map_score_s"] = s_acc[0] / s_acc[1]
         log.debug("evaluated %d images (%s, localize=%s): %s", metrics["n_images"], self.loc_kind, localize, metrics)
+        if best_worst is not None:
+            items = best_worst.items() or items
         return EvalResult(metrics=metrics, curves=curves, gallery=items)
 
     def cams(self, images: Tensor, targets: Tensor) -> Tensor:
