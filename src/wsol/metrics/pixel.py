@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -204,7 +205,76 @@ def _mask_classes_fast(masks: torch.Tensor) -> torch.Tensor | None:
     return masks.clamp(max=2)
 
 
-class PixelAccumulator:
+class MaskStream(ABC):
+    """The streaming front end of the pixel accumulators (:class:`PixelAccumulator`,
+    :class:`wsol.metrics.pr.PRAccumulator`): ``update`` takes a batch (tensors, or per-image
+    lists with ``None`` for images without a mask), cuts it into cache-sized chunks, checks
+    the CAM contract and the shapes, and hands each chunk's CAMs and mask classes (0
+    background, 1 ROI, 2 ignored) to the subclass's ``_accumulate``."""
+
+    threads: int | None
+    ignore_index: int
+
+    def update(self, cams: torch.Tensor | Sequence[torch.Tensor],
+               masks: torch.Tensor | Sequence[torch.Tensor | None]) -> None:
+        """Add a batch: ``cams`` B×H×W in [0, 1] (CAM contract); ``masks`` B×H×W integer
+        (0/1/ignore) or a length-B list whose entries are H_i×W_i masks or ``None`` (that
+        image has no pixel label and is skipped; ``cams`` may then also be a list)."""
+        first = cams if isinstance(cams, torch.Tensor) else next(iter(cams), None)
+        on_cpu = not isinstance(first, torch.Tensor) or first.device.type == "cpu"
+        with _torch_threads(self.threads if on_cpu else None):
+            self._update(cams, masks)
+
+    def _update(self, cams: torch.Tensor | Sequence[torch.Tensor],
+                masks: torch.Tensor | Sequence[torch.Tensor | None]) -> None:
+        if isinstance(masks, torch.Tensor):
+            if not isinstance(cams, torch.Tensor):
+                cams = torch.stack([torch.as_tensor(c) for c in cams])
+            self._update_batch(cams, masks)
+            return
+        if len(cams) != len(masks):
+            raise MetricError(f"update: {len(cams)} CAMs but {len(masks)} masks; one mask (or None) per CAM")
+        pairs = [(torch.as_tensor(c), torch.as_tensor(m)) for c, m in zip(cams, masks) if m is not None]
+        if len({(tuple(c.shape), tuple(m.shape)) for c, m in pairs}) == 1:  # one shape: one batch
+            self._update_batch(torch.stack([c for c, _ in pairs]), torch.stack([m for _, m in pairs]))
+            return
+        for cam, mask in pairs:
+            self._update_batch(cam[None], mask[None])
+
+    def _update_batch(self, cams: torch.Tensor, masks: torch.Tensor) -> None:
+        # chunks keep the temporaries small (in cache on CPU; fewer launches on an accelerator)
+        # and the bincount's key range bounded (≤ CHUNK_IMAGES images)
+        hw = max(int(cams.shape[-1]) * int(cams.shape[-2]), 1) if cams.dim() >= 2 else 1
+        limit = CHUNK_PIXELS if cams.device.type == "cpu" else 16 * CHUNK_PIXELS
+        step = max(1, min(CHUNK_IMAGES, limit // hw))
+        for i in range(0, max(len(cams), 1), step):
+            self._update_chunk(cams[i : i + step], masks[i : i + step])
+
+    def _update_chunk(self, cams: torch.Tensor, masks: torch.Tensor) -> None:
+        cams = validate_cams(cams).contiguous()
+        masks = torch.as_tensor(masks)
+        if masks.dim() == 2:
+            masks = masks[None]
+        if tuple(cams.shape) != tuple(masks.shape):
+            raise MetricError(
+                f"update: CAMs of shape {tuple(cams.shape)} vs masks of shape {tuple(masks.shape)}; they must "
+                "match (resize the CAM to the mask with wsol.cams.to_cam, or use eval_size='original')"
+            )
+        masks = masks.to(cams.device)
+        cls = None
+        if masks.dtype == torch.uint8 and self.ignore_index == IGNORE_INDEX:
+            cls = _mask_classes_fast(masks)
+        if cls is None:
+            cls = _mask_classes(masks, self.ignore_index)  # words the error, other dtypes / ignore values
+        if cams.shape[0]:
+            self._accumulate(cams, cls)
+
+    @abstractmethod
+    def _accumulate(self, cams: torch.Tensor, cls: torch.Tensor) -> None:
+        """Add one chunk: ``cams`` B×H×W (contract-checked), ``cls`` B×H×W int (0, 1, 2)."""
+
+
+class PixelAccumulator(MaskStream):
     """Streaming pixel metrics over a split (PxAP, confusion*, Dice, F1±, sizes, histograms).
 
     ``update(cams, masks)`` per batch; ``compute(tau=None)`` at the end; ``curves()`` for the
@@ -263,61 +333,9 @@ class PixelAccumulator:
         self._pred_counts: list[torch.Tensor] = []  # per image: #pixels ≥ τ_l (region_tau None)
         self._valid: list[int] = []
 
-    # --- streaming ----------------------------------------------------------------
-    def update(self, cams: torch.Tensor | Sequence[torch.Tensor],
-               masks: torch.Tensor | Sequence[torch.Tensor | None]) -> None:
-        """Add a batch: ``cams`` B×H×W in [0, 1] (CAM contract); ``masks`` B×H×W integer
-        (0/1/ignore) or a length-B list whose entries are H_i×W_i masks or ``None`` (that
-        image has no pixel label and is skipped; ``cams`` may then also be a list)."""
-        first = cams if isinstance(cams, torch.Tensor) else next(iter(cams), None)
-        on_cpu = not isinstance(first, torch.Tensor) or first.device.type == "cpu"
-        with _torch_threads(self.threads if on_cpu else None):
-            self._update(cams, masks)
-
-    def _update(self, cams: torch.Tensor | Sequence[torch.Tensor],
-                masks: torch.Tensor | Sequence[torch.Tensor | None]) -> None:
-        if isinstance(masks, torch.Tensor):
-            if not isinstance(cams, torch.Tensor):
-                cams = torch.stack([torch.as_tensor(c) for c in cams])
-            self._update_batch(cams, masks)
-            return
-        if len(cams) != len(masks):
-            raise MetricError(f"update: {len(cams)} CAMs but {len(masks)} masks; one mask (or None) per CAM")
-        pairs = [(torch.as_tensor(c), torch.as_tensor(m)) for c, m in zip(cams, masks) if m is not None]
-        if len({(tuple(c.shape), tuple(m.shape)) for c, m in pairs}) == 1:  # one shape: one batch
-            self._update_batch(torch.stack([c for c, _ in pairs]), torch.stack([m for _, m in pairs]))
-            return
-        for cam, mask in pairs:
-            self._update_batch(cam[None], mask[None])
-
-    def _update_batch(self, cams: torch.Tensor, masks: torch.Tensor) -> None:
-        # chunks keep the temporaries small (in cache on CPU; fewer launches on an accelerator)
-        # and the bincount's key range bounded (≤ CHUNK_IMAGES images)
-        hw = max(int(cams.shape[-1]) * int(cams.shape[-2]), 1) if cams.dim() >= 2 else 1
-        limit = CHUNK_PIXELS if cams.device.type == "cpu" else 16 * CHUNK_PIXELS
-        step = max(1, min(CHUNK_IMAGES, limit // hw))
-        for i in range(0, max(len(cams), 1), step):
-            self._update_chunk(cams[i : i + step], masks[i : i + step])
-
-    def _update_chunk(self, cams: torch.Tensor, masks: torch.Tensor) -> None:
-        cams = validate_cams(cams).contiguous()
-        masks = torch.as_tensor(masks)
-        if masks.dim() == 2:
-            masks = masks[None]
-        if tuple(cams.shape) != tuple(masks.shape):
-            raise MetricError(
-                f"update: CAMs of shape {tuple(cams.shape)} vs masks of shape {tuple(masks.shape)}; they must "
-                "match (resize the CAM to the mask with wsol.cams.to_cam, or use eval_size='original')"
-            )
-        masks = masks.to(cams.device)
-        cls = None
-        if masks.dtype == torch.uint8 and self.ignore_index == IGNORE_INDEX:
-            cls = _mask_classes_fast(masks)
-        if cls is None:
-            cls = _mask_classes(masks, self.ignore_index)  # words the error, other dtypes / ignore values
+    # --- streaming (update: MaskStream) ---------------------------------------------
+    def _accumulate(self, cams: torch.Tensor, cls: torch.Tensor) -> None:
         B = cams.shape[0]
-        if B == 0:
-            return
         nb = self.grid.n + 1
         # one bincount of key = bin + nb·(class + 3·image): per-image histograms of the bins
         # of background (0), ROI (1) and ignored (2) pixels. When f1_tau is not a grid point

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -59,15 +58,10 @@ import torch
 
 from wsol.errors import MetricError
 from wsol.metrics.pixel import (
-    CHUNK_IMAGES,
-    CHUNK_PIXELS,
     DEFAULT_INTERVAL,
     IGNORE_INDEX,
-    _mask_classes,
-    _mask_classes_fast,
-    _torch_threads,
+    MaskStream,
     threshold_grid_for,
-    validate_cams,
 )
 
 #: step of the unified recall axis (Fig. 6: "[0, 1] with a step 1e-3")
@@ -126,7 +120,7 @@ def interpolate_pr(tp: torch.Tensor, fp: torch.Tensor, recall: torch.Tensor) -> 
     return y, n_pos > 0
 
 
-class PRAccumulator:
+class PRAccumulator(MaskStream):
     """Streaming per-image averaged precision–recall curves of the foreground and of the
     background (Fig. 6, min-max-entropy; module docstring for the definition).
 
@@ -158,51 +152,9 @@ class PRAccumulator:
     def n_images(self) -> int:
         return int(self.counts[2])
 
-    # --- streaming ----------------------------------------------------------------
-    def update(self, cams: torch.Tensor | Sequence[torch.Tensor],
-               masks: torch.Tensor | Sequence[torch.Tensor | None]) -> None:
-        """Add a batch: ``cams`` B×H×W in [0, 1]; ``masks`` B×H×W integer (0/1/ignore) or a
-        length-B list of H_i×W_i masks or ``None`` (image skipped)."""
-        first = cams if isinstance(cams, torch.Tensor) else next(iter(cams), None)
-        on_cpu = not isinstance(first, torch.Tensor) or first.device.type == "cpu"
-        with _torch_threads(self.threads if on_cpu else None):
-            if isinstance(masks, torch.Tensor):
-                if not isinstance(cams, torch.Tensor):
-                    cams = torch.stack([torch.as_tensor(c) for c in cams])
-                self._update_batch(cams, masks)
-                return
-            if len(cams) != len(masks):
-                raise MetricError(f"update: {len(cams)} CAMs but {len(masks)} masks; one mask (or None) per CAM")
-            pairs = [(torch.as_tensor(c), torch.as_tensor(m)) for c, m in zip(cams, masks) if m is not None]
-            if len({(tuple(c.shape), tuple(m.shape)) for c, m in pairs}) == 1:
-                self._update_batch(torch.stack([c for c, _ in pairs]), torch.stack([m for _, m in pairs]))
-                return
-            for cam, mask in pairs:  # images of different sizes (eval_size="original"): one at a time
-                self._update_batch(cam[None], mask[None])
-
-    def _update_batch(self, cams: torch.Tensor, masks: torch.Tensor) -> None:
-        hw = max(int(cams.shape[-1]) * int(cams.shape[-2]), 1) if cams.dim() >= 2 else 1
-        limit = CHUNK_PIXELS if cams.device.type == "cpu" else 16 * CHUNK_PIXELS
-        step = max(1, min(CHUNK_IMAGES, limit // hw))
-        for i in range(0, len(cams), step):
-            self._update_chunk(cams[i : i + step], masks[i : i + step])
-
-    def _update_chunk(self, cams: torch.Tensor, masks: torch.Tensor) -> None:
-        cams = validate_cams(cams).contiguous()
-        masks = torch.as_tensor(masks)
-        if masks.dim() == 2:
-            masks = masks[None]
-        if tuple(cams.shape) != tuple(masks.shape):
-            raise MetricError(
-                f"update: CAMs of shape {tuple(cams.shape)} vs masks of shape {tuple(masks.shape)}; they must match"
-            )
-        masks = masks.to(cams.device)
-        cls = _mask_classes_fast(masks) if masks.dtype == torch.uint8 and self.ignore_index == IGNORE_INDEX else None
-        if cls is None:
-            cls = _mask_classes(masks, self.ignore_index)
+    # --- streaming (update: wsol.metrics.pixel.MaskStream) ---------------------------
+    def _accumulate(self, cams: torch.Tensor, cls: torch.Tensor) -> None:
         b = cams.shape[0]
-        if b == 0:
-            return
         nb = self.grid.n + 1
         # key = bin + nb·(class + 3·image): per-image histograms of bins of bg / ROI / ignored pixels
         part = cls.to(torch.int32).mul_(nb)
