@@ -55,13 +55,10 @@ def test_pool_over_a_split_finds_the_extremes_and_the_median():
 
 class FakeWriter:
     def __init__(self):
-        self.images, self.hparams = [], []
+        self.images = []
 
     def add_image(self, tag, img, step, dataformats):
         self.images.append((tag, img.shape, step, dataformats))
-
-    def add_hparams(self, hparams, metrics, run_name=None):
-        self.hparams.append((hparams, metrics, run_name))
 
 
 def test_tb_images_logs_overlays_side_by_side():
@@ -74,15 +71,21 @@ def test_tb_images_logs_overlays_side_by_side():
     assert w.images[1][1] == (8, 20, 3)  # no mask: image | overlay
 
 
-def test_counters_stay_out_of_the_scalars_and_hparams_are_flat():
+def test_counters_stay_out_of_the_scalars_and_hparams_are_flat(tmp_path):
     row = {"epoch": 2, "train/total": 0.5, "valpx/pxap": 60.0, "valpx/n_pixels_fg": 1000, "valcl/n_images": 50,
            "valpx/f1_fg_images": 3, "lr": 0.01}
     assert scalar_items(row) == {"train/total": 0.5, "valpx/pxap": 60.0, "lr": 0.01}
     assert flat_hparams({"optim": {"lr": 0.1, "betas": [0.9, 0.99]}, "data": {"options": {}}, "seed": 0}) == {
         "optim.lr": 0.1, "optim.betas": "[0.9, 0.99]", "data.options": "{}", "seed": 0}
-    w = FakeWriter()
-    tb_hparams(w, {"seed": 1, "optim": {"lr": 0.1}}, {"pxap": 55.0, "n_images": 10, "tau": 0.3})
-    assert w.hparams == [({"seed": 1, "optim.lr": 0.1}, {"hparam/pxap": 55.0, "hparam/tau": 0.3}, ".")]
+    tb = pytest.importorskip("torch.utils.tensorboard")
+    ea = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    with tb.SummaryWriter(str(tmp_path)) as w:
+        tb_hparams(w, {"seed": 1, "optim": {"lr": 0.1}}, {"pxap": 55.0, "n_images": 10, "tau": 0.3}, step=4)
+    acc = ea.EventAccumulator(str(tmp_path))
+    acc.Reload()
+    assert sorted(acc.Tags()["scalars"]) == ["hparam/pxap", "hparam/tau"]  # the counter is left out
+    assert [(e.step, e.value) for e in acc.Scalars("hparam/pxap")] == [(4, 55.0)]
+    assert len(list(tmp_path.rglob("events.out.tfevents.*"))) == 1
 
 
 def test_tb_helpers_with_a_real_summary_writer(tmp_path):
@@ -117,8 +120,9 @@ def test_training_logs_overlays_hparams_and_no_counters(tmp_path):
     assert [e.step for e in acc.Images(overlays[0])] == [0, 1]  # one per validation
     assert "valpx/pxap" in tags["scalars"] and "train/total" in tags["scalars"]
     assert not [t for t in tags["scalars"] if t.rsplit("/", 1)[-1].startswith("n_")]  # counters left out
-    hp = [p for p in (tmp_path / "run" / "tb").rglob("events.out.tfevents.*")]
-    assert any(b"hparams" in p.read_bytes() for p in hp)
+    events = list((tmp_path / "run" / "tb").rglob("events.out.tfevents.*"))
+    assert len(events) == 1 and b"hparams" in events[0].read_bytes()  # one event file holds everything
+    assert "hparam/valpx/pxap" in tags["scalars"]
 
 
 def test_evaluator_gallery_is_the_split_best_median_and_worst():

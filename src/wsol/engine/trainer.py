@@ -422,7 +422,7 @@ class Trainer:
                 self.cb.on_epoch_end(row)
             if writer is not None:
                 tb_hparams(writer, cfg, {**(history[-1] if history else {}),
-                                         **{f"best/{k}": v for k, v in best.items()}})
+                                         **{f"best/{k}": v for k, v in best.items()}}, step=max(len(history) - 1, 0))
         finally:
             if writer is not None:
                 writer.close()

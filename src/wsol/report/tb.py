@@ -61,11 +61,19 @@ def flat_hparams(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def tb_hparams(writer: Any, config: Any, metrics: dict[str, Any]) -> None:
-    """``writer.add_hparams`` with the run's config (a RunConfig or a dict, flattened) and its
-    final numeric metrics (``hparam/<name>``; counters left out), in the run's own log dir
-    (``run_name="."``, so the hyper-parameters sit beside the scalars, not in a sub-run)."""
+def tb_hparams(writer: Any, config: Any, metrics: dict[str, Any], step: int = 0) -> None:
+    """The run's hyper-parameters (its config, a RunConfig or a dict, flattened) with its final
+    numeric metrics (``hparam/<name>``; counters left out) for TensorBoard's HParams tab,
+    written through ``writer``'s own event file — ``SummaryWriter.add_hparams`` would open a
+    second writer (a second event file, or a sub-run)."""
+    from torch.utils.tensorboard.summary import hparams
+
     data = config.model_dump(mode="json") if hasattr(config, "model_dump") else dict(config)
     values = {f"hparam/{k}": float(v) for k, v in metrics.items()
               if not is_counter(k) and isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v)}
-    writer.add_hparams(flat_hparams(data), values, run_name=".")
+    experiment, session_start, session_end = hparams(flat_hparams(data), values)
+    file_writer = writer._get_file_writer()
+    for summary in (experiment, session_start, session_end):
+        file_writer.add_summary(summary, step)
+    for k, v in values.items():
+        writer.add_scalar(k, v, step)
