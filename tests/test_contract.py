@@ -131,3 +131,31 @@ def test_contract_select_targets_is_the_one_copy():
     logits = torch.tensor([[0.0, 2.0], [3.0, 1.0]])
     assert select_targets(logits, None).tolist() == [1, 0]
     assert select_targets(logits, torch.tensor([0, 1])).tolist() == [0, 1]
+
+
+# methods that run on the protocol's CAM-friendly VGG-16 / Inception-v3 (two-stage methods need a
+# trained run and are covered by their own tests; TS-CAM has its own DeiT)
+PROTOCOL_BACKBONE_METHODS = ["cam", "has", "acol", "spg", "adl", "cutmix", "wildcat", "maxmin", "minmax_entropy",
+                             "deepmil", "prm", "pn", "erase", "unet"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("backbone", ["vgg16", "inception_v3"])
+@pytest.mark.parametrize("name", PROTOCOL_BACKBONE_METHODS)
+def test_method_on_protocol_backbones(name, backbone):
+    """A training step and the CAM contract on wsolevaluation's VGG-16 (conv6) and InceptionCam."""
+    torch.manual_seed(0)
+    method = build_method(MethodConfig(name=name), BackboneConfig(name=backbone), 2).train()
+    images = torch.rand(2, 3, 112, 112)
+    from wsol.data.sample import Batch
+
+    batch = Batch(images=images, labels=torch.tensor([0, 1]), image_ids=["a", "b"])
+    method.on_epoch_start(0)
+    terms = method.training_step(batch, TrainState())
+    assert math.isfinite(float(terms["total"].detach()))
+    if terms["total"].requires_grad:
+        terms["total"].backward()
+    method.eval()
+    with torch.no_grad():
+        cams = method.localize(images, batch.labels)
+    assert cams.shape == (2, 112, 112) and float(cams.min()) >= 0 and float(cams.max()) <= 1
