@@ -1,6 +1,6 @@
 """`wsol slide` end to end with a trained run: a CAM run trained for one epoch on a tiny
 synthetic-glas set (32² inputs), applied to a small synthetic slide through the command
-line (wsol.cli_scale). The run is too small to localise anything: this checks the plumbing
+line (`wsol slide`). The run is too small to localise anything: this checks the plumbing
 (run loading, outputs, summary), test_slide.py checks where the heatmap lands."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from wsol.cli_scale import main
+from wsol.cli import main
 from wsol.config import load_config
 from wsol.data import synthesize
 from wsol.engine.trainer import Trainer

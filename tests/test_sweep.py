@@ -183,13 +183,13 @@ def test_grid_sampler_runs_the_grid_and_objective_is_best_loc(base, tmp_path):
 
 
 def test_two_workers_share_one_study(base, tmp_path):
-    """Two `python -m wsol.cli_scale sweep` processes on one SQLite study, 2 trials each:
+    """Two `python -m wsol sweep` processes on one SQLite study, 2 trials each:
     4 trials with distinct numbers, each worker ran its own. (Two interpreter start-ups and
     4 one-epoch trials on 8 images of 32²: it stays out of the slow set although a loaded
     2-core machine (load ~10) took 52 s — the issue wants it in CI.)"""
     out = tmp_path / "shared"
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "OMP_NUM_THREADS": "1", "COLUMNS": "200"}
-    cmd = [sys.executable, "-m", "wsol.cli_scale", "sweep", "--config", str(base[0]), "--space", str(base[1]),
+    cmd = [sys.executable, "-m", "wsol", "sweep", "--config", str(base[0]), "--space", str(base[1]),
            "--trials", "2", "--out", str(out), "--study", "shared"]
     procs = [subprocess.Popen([*cmd, "--seed", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) for i in range(2)]

@@ -1,14 +1,11 @@
-"""``wsol sweep`` and ``wsol slide`` (typer commands; :mod:`wsol.cli` registers them).
-
-Also runnable on its own — ``python -m wsol.cli_scale sweep ...`` / ``... slide ...`` —
-which is how several sweep workers can be started from a script. Human output only here;
-the work is done by :mod:`wsol.sweep` and :mod:`wsol.slide`.
+"""``wsol sweep`` and ``wsol slide`` (typer commands; :mod:`wsol.cli` mounts them, so
+several sweep workers are started as ``wsol sweep ...`` or ``python -m wsol sweep ...``).
+Human output only here; the work is done by :mod:`wsol.sweep` and :mod:`wsol.slide`.
 """
 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -17,8 +14,6 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
-
-from wsol.errors import WSOLError
 
 console = Console(stderr=False)
 err_console = Console(stderr=True, soft_wrap=True)
@@ -126,28 +121,3 @@ def slide_cmd(
     for k, v in rows:
         table.add_row(k, v)
     console.print(table)
-
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="wsol scale-out commands: sweep, slide.")
-app.command("sweep")(sweep_cmd)
-app.command("slide")(slide_cmd)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``python -m wsol.cli_scale``: a user error prints one line, exit 2."""
-    try:
-        app(args=argv, prog_name="wsol")
-    except SystemExit as e:
-        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    except WSOLError as e:
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(e))}", highlight=False, soft_wrap=True)
-        return 2
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        return 130
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
