@@ -51,6 +51,15 @@ def _png(fig) -> bytes:
     return buf.getvalue()
 
 
+def _finish(fig, spec: FigureSpec, drawn: bool, why: str) -> bytes | str:
+    """The figure as PNG bytes, or ``why`` when nothing was drawn (the figure closed either way)."""
+    if not drawn:
+        _plt().close(fig)
+        return why
+    fig.suptitle(spec.title, fontsize=10, y=1.03)
+    return _png(fig)
+
+
 def _legend(ax) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7)
@@ -99,10 +108,7 @@ def threshold_curves(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> byt
                 drawn = True
         ax.set(title=b.label, xlabel="threshold τ", ylabel=ylabel, xlim=(0, 1))
         _legend(ax)
-    if not drawn:
-        return "no evaluated curve"
-    fig.suptitle(spec.title, fontsize=10, y=1.03)
-    return _png(fig)
+    return _finish(fig, spec, drawn, "no evaluated curve")
 
 
 def selection_epochs(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> bytes | str:
@@ -123,10 +129,7 @@ def selection_epochs(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> byt
                 drawn = True
         ax.set(title=b.label, xlabel="epoch of the selected model", ylabel=f"test {metric}")
         _legend(ax)
-    if not drawn:
-        return "no cell with both B-LOC and B-CL checkpoints evaluated"
-    fig.suptitle(spec.title, fontsize=10, y=1.03)
-    return _png(fig)
+    return _finish(fig, spec, drawn, "no cell with both B-LOC and B-CL checkpoints evaluated")
 
 
 def tau_curves(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> bytes | str:
@@ -141,10 +144,7 @@ def tau_curves(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> bytes | s
                 drawn = True
         ax.set(title=b.label, xlabel="threshold τ", ylabel=ylabel, xlim=(0, 1))
         _legend(ax)
-    if not drawn:
-        return "no evaluated curve"
-    fig.suptitle(spec.title, fontsize=10, y=1.03)
-    return _png(fig)
+    return _finish(fig, spec, drawn, "no evaluated curve")
 
 
 def histograms(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> bytes | str:
@@ -167,10 +167,7 @@ def histograms(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> bytes | s
             drawn = True
         ax.set(title=b.label, xlabel="CAM value", ylabel="density", yscale="log")
         _legend(ax)
-    if not drawn:
-        return "no cell of the figure recorded its activations (cell option histogram: true)"
-    fig.suptitle(spec.title, fontsize=10, y=1.03)
-    return _png(fig)
+    return _finish(fig, spec, drawn, "no cell of the figure recorded its activations (cell option histogram: true)")
 
 
 def downscale(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> bytes | str:
@@ -283,10 +280,7 @@ def pr_curves(spec: FigureSpec, res: Results, ctx: dict[str, Any]) -> bytes | st
         row[0].set(title=f"foreground — {b.label}", xlabel="recall", ylabel="precision")
         row[1].set(title=f"background — {b.label}", xlabel="recall", ylabel="precision")
         _legend(row[0])
-    if not drawn:
-        return "no evaluated curve"
-    fig.suptitle(spec.title, fontsize=10, y=1.03)
-    return _png(fig)
+    return _finish(fig, spec, drawn, "no evaluated curve")
 
 
 BUILDERS: dict[str, Builder] = {
