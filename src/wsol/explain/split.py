@@ -19,7 +19,7 @@ model's logits give ``None``; the caller then runs the full model.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -92,26 +92,24 @@ class Split:
         return self.tail(layer_output, *captured)
 
 
-def _ancestors(nodes: Sequence[fx.Node]) -> set[fx.Node]:
+def _reach(start: Iterable[fx.Node], step: Callable[[fx.Node], Iterable[fx.Node]]) -> set[fx.Node]:
+    """Every node reachable from ``start`` by repeated ``step`` (``start`` included)."""
     seen: set[fx.Node] = set()
-    stack = list(nodes)
+    stack = list(start)
     while stack:
         n = stack.pop()
         if n not in seen:
             seen.add(n)
-            stack.extend(n.all_input_nodes)
+            stack.extend(step(n))
     return seen
+
+
+def _ancestors(nodes: Sequence[fx.Node]) -> set[fx.Node]:
+    return _reach(nodes, lambda n: n.all_input_nodes)
 
 
 def _descendants(node: fx.Node) -> set[fx.Node]:
-    seen: set[fx.Node] = set()
-    stack = list(node.users)
-    while stack:
-        n = stack.pop()
-        if n not in seen:
-            seen.add(n)
-            stack.extend(n.users)
-    return seen
+    return _reach(node.users, lambda n: n.users)
 
 
 def split_after(model: nn.Module, layer: nn.Module) -> Split | None:
