@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from wsol.errors import MetricError
+from wsol.metrics._components import level_set_hits
 from wsol.metrics.pixel import DEFAULT_INTERVAL, threshold_grid_for, validate_cams
 
 #: τ ∈ {0, 0.001, ..., 0.999}, exactly as wsolevaluation builds them (np.arange, float64)
@@ -111,74 +112,58 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / (area_a + area_b - inter)
 
 
-def image_box_ious(q: np.ndarray, gt: np.ndarray, levels: np.ndarray = LEVELS) -> tuple[np.ndarray, np.ndarray]:
-    """Best IoU with any GT box at each threshold, for the largest contour (V1) and for all
-    contours (V2). ``q``: uint8 H×W map; ``gt``: K×4 boxes; ``levels``: the sweep's level
-    table (:func:`box_grid`; default step 0.001)."""
+def image_box_hits(q: np.ndarray, gt: np.ndarray, levels: np.ndarray = LEVELS) -> tuple[np.ndarray, np.ndarray]:
+    """Per threshold of the sweep: whether the box of the largest contour has IoU ≥ 0.5 with
+    a GT box (V1 at δ = 0.5; L booleans), and whether the box of some contour has IoU ≥ δ
+    with some GT box, for δ ∈ ``IOU_DELTAS`` (V2; 3 × L booleans). ``q``: uint8 H×W map;
+    ``gt``: K×4 boxes; ``levels``: the sweep's level table (:func:`box_grid`; default step
+    0.001).
+
+    The contours' boxes of all thresholds come from one union-find pass
+    (:mod:`wsol.metrics._components`), which also bounds each outer contour's area: V1 is
+    decided wherever every contour that may be the largest is on the same side of IoU 0.5;
+    elsewhere, and only there, OpenCV's contours and areas pick the largest (once per
+    distinct map)."""
     H, W = q.shape
-    lv = levels[:, int(q.max())]  # integer level per threshold, pixels kept if q > level
-    values = np.unique(q)
-    # q > level ⟺ q ≥ first value above level: the binary map depends only on that rank
-    rank = np.searchsorted(values, lv, side="right")
-    ranks, inverse = np.unique(rank, return_inverse=True)
-    live = ranks[ranks < len(values)]  # ranks with something above the level
-    v = values[live]
-    # bounding rows/columns of {q ≥ v} for each map: findContours runs on that crop (with a
-    # 1-pixel zero margin, so the result is the full map's, translated)
-    rows = q.max(axis=1)[None, :] >= v[:, None]  # R×H
-    cols = q.max(axis=0)[None, :] >= v[:, None]  # R×W
-    ya = np.maximum(rows.argmax(1) - 1, 0)
-    yb = np.minimum(H - rows[:, ::-1].argmax(1) + 1, H)
-    xa = np.maximum(cols.argmax(1) - 1, 0)
-    xb = np.minimum(W - cols[:, ::-1].argmax(1) + 1, W)
-    contours: list[np.ndarray] = []
-    counts = np.zeros(len(ranks), dtype=np.int64)
-    for j in range(len(live)):
-        crop = np.ascontiguousarray(q[ya[j] : yb[j], xa[j] : xb[j]] >= v[j]).view(np.uint8)
-        found = cv2.findContours(crop, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-        counts[j] = len(found)
-        contours.extend(found)
-    best_v1 = np.empty(len(ranks))
-    best_v2 = np.empty(len(ranks))
-    empty = counts == 0
+    t = levels[:, int(q.max())] + 1  # wsolevaluation keeps q > int(τ·max), i.e. q ≥ level + 1
+    deltas = np.asarray(IOU_DELTAS)
+    hit_v2, hi, lo, extent, count = level_set_hits(q, t, gt, deltas)
+    hit_v1 = hi >= 0.5
+    empty = count == 0
     if empty.any():  # no contour: the box (0, 0, 0, 0), as wsolevaluation
-        best_v1[empty] = best_v2[empty] = box_iou(np.zeros((1, 4), dtype=np.int64), gt).max()
-    if contours:
-        rects, areas = _rects_and_areas(contours)
-        owner = np.repeat(np.arange(len(ranks)), counts)  # map of each contour
-        x, y = rects[:, 0] + xa[owner], rects[:, 1] + ya[owner]
-        boxes = np.stack([x, y, np.minimum(x + rects[:, 2], W - 1), np.minimum(y + rects[:, 3], H - 1)], axis=1)
-        iou = box_iou(boxes, gt).max(axis=1)  # best GT match of every box
-        full = ~empty
-        starts = np.zeros(len(ranks), dtype=np.int64)
-        np.cumsum(counts[:-1], out=starts[1:])
-        starts = starts[full]
-        best_v2[full] = np.maximum.reduceat(iou, starts)  # V2: all contours
-        # V1: the largest contour of each map (cv2.contourArea; the first one on a tie)
-        top = np.maximum.reduceat(areas, starts)
-        is_top = np.flatnonzero(areas == top[np.searchsorted(starts, np.arange(len(areas)), side="right") - 1])
-        first = is_top[np.unique(owner[is_top], return_index=True)[1]]
-        best_v1[full] = iou[first]
-    return best_v1[inverse], best_v2[inverse]
+        iou0 = box_iou(np.zeros((1, 4), dtype=np.int64), gt).max()
+        hit_v2[:, empty] = (iou0 >= deltas)[:, None]
+        hit_v1[empty] = iou0 >= 0.5
+    undecided = np.flatnonzero((hi >= 0.5) & (lo < 0.5))
+    decided: dict[int, bool] = {}
+    for j in undecided:
+        if count[j] not in decided:  # equal pixel counts of nested sets: the same map
+            x0, y0, x1, y1 = extent[j]  # the map's extent plus a zero margin: same contours
+            xa, ya = max(x0 - 1, 0), max(y0 - 1, 0)
+            crop = np.ascontiguousarray(q[ya : y1 + 2, xa : x1 + 2] >= t[j]).view(np.uint8)
+            boxes, largest = contour_boxes(crop, (int(xa), int(ya)), (H, W))
+            decided[count[j]] = bool(box_iou(boxes[largest : largest + 1], gt).max() >= 0.5)
+        hit_v1[j] = decided[count[j]]
+    return hit_v1, hit_v2
 
 
 def weight_map_box(cam: np.ndarray) -> tuple[np.ndarray, float]:
     """Weight-map rule (Eqs. 5-6, weight-map-wsol): M̂ = M with values < max(M)/10 set to 0;
-    box of the largest contour of M̂ > 0 (wsolevaluation box convention); S = mass of M̂
-    inside the contour's bounding rectangle / total mass of M̂ (1.0 for an all-zero map)."""
+    box of the largest contour of M̂ > 0 (wsolevaluation box convention; cv2.contourArea,
+    the first one on ties); S = mass of M̂ inside the contour's bounding rectangle / total
+    mass of M̂ (1.0 for an all-zero map)."""
     cam = np.asarray(cam, dtype=np.float32)
     H, W = cam.shape
-    m_hat = np.where(cam >= cam.max() * WEIGHT_MAP_FRACTION, cam, 0).astype(np.float64)
-    binary = (m_hat > 0).astype(np.uint8)
-    contours = cv2.findContours(binary, cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
-    total = m_hat.sum()
+    m_hat = cam.astype(np.float64)
+    m_hat[~(cam >= cam.max() * WEIGHT_MAP_FRACTION)] = 0  # (not ≥: a NaN is zeroed too)
+    contours = cv2.findContours((m_hat > 0).view(np.uint8), cv2.RETR_TREE, cv2.CHAIN_APPROX_SIMPLE)[-2]
     if len(contours) == 0:
         return np.zeros(4, dtype=np.int64), 1.0
-    c = max(contours, key=cv2.contourArea)
-    x, y, w, h = cv2.boundingRect(c)
-    inside = m_hat[y : y + h, x : x + w].sum()
+    rects, areas = _rects_and_areas(contours)
+    x, y, w, h = (int(v) for v in rects[int(np.argmax(areas))])
+    total = m_hat.sum()
     box = np.array([x, y, min(x + w, W - 1), min(y + h, H - 1)], dtype=np.int64)
-    return box, float(inside / total) if total > 0 else 1.0
+    return box, float(m_hat[y : y + h, x : x + w].sum() / total) if total > 0 else 1.0
 
 
 def _topk_hits(preds: Any, targets: Any, n: int) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -259,9 +244,9 @@ class BoxAccumulator:
         gts = [_as_boxes(b, i) for i, b in enumerate(gt_boxes)]
 
         def one(i: int) -> tuple[np.ndarray, np.ndarray, bool, float]:
-            b1, b2 = image_box_ious(qs[i], gts[i], self.levels)
+            hit1, hit2 = image_box_hits(qs[i], gts[i], self.levels)
             box, s = weight_map_box(cams_np[i])
-            return b1, b2, bool(box_iou(box[None], gts[i]).max() >= 0.5), s
+            return hit1, hit2, bool(box_iou(box[None], gts[i]).max() >= 0.5), s
 
         workers = min(self.workers or torch.get_num_threads(), len(qs))
         if workers > 1:  # OpenCV releases the GIL: images in parallel threads
@@ -275,10 +260,9 @@ class BoxAccumulator:
         t1 = np.zeros(n_tau, dtype=np.int64)
         t5 = np.zeros(n_tau, dtype=np.int64)
         wm_ok, wm_s = 0, 0.0  # weight-map rule: #IoU ≥ 0.5, sum of S
-        for i, (b1, b2, wm_hit, s) in enumerate(results):
-            hit1 = b1 >= 0.5
+        for i, (hit1, hit2, wm_hit, s) in enumerate(results):
             v1 += hit1
-            v2 += b2[None] >= np.asarray(IOU_DELTAS)[:, None]
+            v2 += hit2
             if ok1 is not None:
                 t1 += hit1 & bool(ok1[i])
             if ok5 is not None:
