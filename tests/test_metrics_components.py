@@ -35,8 +35,8 @@ def _sweeps(q: np.ndarray, values: np.ndarray, gt: np.ndarray):
     prep, order, work = C._WORKSPACE.get(H, W)
     n_ge = C._prepare(q, *prep, *order)
     v = values.astype(np.int64)
-    outer = [a[::-1] for a in C._sweep(H, W, *order, n_ge, *C._STARTS_8, v[::-1].copy(), gt, False, *work)]
-    holes = C._sweep(H, W, *order, n_ge, *C._STARTS_4, v.copy(), gt, True, *work)
+    outer = [a[::-1] for a in C._sweep_upper(H, W, *order, n_ge, *C._STARTS_8, v[::-1].copy(), gt, *work)]
+    holes = C._sweep_lower(H, W, *order, n_ge, *C._STARTS_4, v.copy(), gt, *work)
     return outer, holes
 
 

@@ -180,9 +180,9 @@ def _prepare(q, f, mask, order):
     return n_ge
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def _sweep(H, W, order, n_ge, starts, n_starts, values, gt, holes,
-           parent, rank, box, iou, cover, dirty, n_holes, size, perimeter, live, slot_of):
+@njit(nogil=True, error_model="numpy", inline="always")
+def _sweep_pass(H, W, order, n_ge, starts, n_starts, values, gt, holes,
+                parent, rank, box, iou, cover, dirty, n_holes, size, perimeter, live, slot_of):
     """The contours of each level set, in one pass over the pixels prepared by
     :func:`_prepare`.
 
@@ -345,6 +345,23 @@ def _sweep(H, W, order, n_ge, starts, n_starts, values, gt, holes,
     return out_max, out_min, out_box, out_big_max, out_big_min, out_cover, out_holes
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sweep_upper(H, W, order, n_ge, starts, n_starts, values, gt,
+                 parent, rank, box, iou, cover, dirty, n_holes, size, perimeter, live, slot_of):
+    """:func:`_sweep_pass` over the upper level sets (its own compiled code: ``holes`` is a
+    constant there, its branches folded away)."""
+    return _sweep_pass(H, W, order, n_ge, starts, n_starts, values, gt, False,
+                       parent, rank, box, iou, cover, dirty, n_holes, size, perimeter, live, slot_of)
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _sweep_lower(H, W, order, n_ge, starts, n_starts, values, gt,
+                 parent, rank, box, iou, cover, dirty, n_holes, size, perimeter, live, slot_of):
+    """:func:`_sweep_pass` over the lower level sets (the holes)."""
+    return _sweep_pass(H, W, order, n_ge, starts, n_starts, values, gt, True,
+                       parent, rank, box, iou, cover, dirty, n_holes, size, perimeter, live, slot_of)
+
+
 class _Workspace(threading.local):
     """Per-thread buffers of the kernels for one image size, reused across images: fresh
     multi-megabyte arrays would cost a page fault per 4 KiB on every call."""
@@ -401,14 +418,15 @@ def level_set_hits(
         raise ValueError(f"level_set_hits: maps up to 32767 pixels a side, got {H}×{W}")
     prep, order, work = _WORKSPACE.get(H, W)
     n_ge = _prepare(q, *prep, *order)
-    sweep: Any = _sweep  # a numba dispatcher (mypy cannot see the kernel's signature through it)
+    upper: Any = _sweep_upper  # numba dispatchers: mypy cannot see the kernels' signatures
+    lower: Any = _sweep_lower
     outer_max, _, extent, big_max, big_min, cover, _ = (
-        a[::-1] for a in sweep(H, W, *order, n_ge, *_STARTS_8, t[::-1].copy(), gt, False, *work)
+        a[::-1] for a in upper(H, W, *order, n_ge, *_STARTS_8, t[::-1].copy(), gt, *work)
     )
     hits = outer_max[None] >= d
     need = ((cover[None] >= d) & ~hits).any(axis=0)
     if need.any():
         last = int(np.flatnonzero(need)[-1]) + 1
-        hole_max = sweep(H, W, *order, n_ge, *_STARTS_4, t[:last].copy(), gt, True, *work)[0]
+        hole_max = lower(H, W, *order, n_ge, *_STARTS_4, t[:last].copy(), gt, *work)[0]
         hits[:, :last] |= hole_max[None] >= d
     return hits, big_max, big_min, extent, n_ge[t]
