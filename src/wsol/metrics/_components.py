@@ -363,29 +363,37 @@ def _sweep_lower(H, W, order, n_ge, starts, n_starts, values, gt,
 
 
 class _Workspace(threading.local):
-    """Per-thread buffers of the kernels for one image size, reused across images: fresh
-    multi-megabyte arrays would cost a page fault per 4 KiB on every call."""
+    """Per-thread buffers of the kernels (≈ 60 bytes per pixel), reused across images of one
+    size: fresh multi-megabyte arrays would cost a page fault per 4 KiB on every call. Only
+    maps up to ``KEEP_PIXELS`` are kept between calls, so a large map's buffers are freed."""
+
+    KEEP_PIXELS = 1 << 18  # ≈ 16 MB per thread
 
     def get(self, H: int, W: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-        if getattr(self, "shape", None) != (H, W):
-            n = (H + 2) * (W + 2)
+        if getattr(self, "shape", None) == (H, W):
+            return self.prep, self.order, self.sweep
+        n = (H + 2) * (W + 2)
+        buffers = (
+            (np.full((H + 2, W + 2), -1, dtype=np.int16), np.empty((H, W), dtype=np.uint8)),
+            (np.empty(H * W, dtype=np.int64),),
+            (
+                np.empty(n, dtype=np.int32),  # parent
+                np.empty(n, dtype=np.int32),  # rank
+                np.empty((n, 4), dtype=np.int32),  # box
+                np.empty(n, dtype=np.float64),  # iou
+                np.empty(n, dtype=np.float64),  # cover
+                np.empty(n, dtype=np.bool_),  # dirty
+                np.empty(n, dtype=np.int32),  # n_holes
+                np.empty(n, dtype=np.int32),  # size
+                np.empty(n, dtype=np.int32),  # perimeter
+                np.empty(n, dtype=np.int32),  # live
+                np.empty(n, dtype=np.int32),  # slot_of
+            ),
+        )
+        if n <= self.KEEP_PIXELS:
             self.shape = (H, W)
-            self.prep = (np.full((H + 2, W + 2), -1, dtype=np.int16), np.empty((H, W), dtype=np.uint8))
-            self.order = (np.empty(H * W, dtype=np.int64),)
-            self.sweep = (
-                np.empty(n, dtype=np.int32),
-                np.empty(n, dtype=np.int32),
-                np.empty((n, 4), dtype=np.int32),
-                np.empty(n, dtype=np.float64),
-                np.empty(n, dtype=np.float64),
-                np.empty(n, dtype=np.bool_),
-                np.empty(n, dtype=np.int32),
-                np.empty(n, dtype=np.int32),
-                np.empty(n, dtype=np.int32),
-                np.empty(n, dtype=np.int32),
-                np.empty(n, dtype=np.int32),
-            )
-        return self.prep, self.order, self.sweep
+            self.prep, self.order, self.sweep = buffers
+        return buffers
 
 
 _WORKSPACE = _Workspace()
