@@ -199,9 +199,10 @@ def _sweep_pass(H, W, order, n_ge, starts, n_starts, values, gt, holes,
     - the max and min best IoU over the components whose outer contour may be the largest
       one (cv2.contourArea). The area A of an outer contour (a polygon through pixel
       centres) lies between N − P/2 + 1 (N pixels, P pixel edges to non-members: equal for
-      rectangles, checked against OpenCV in the tests) and (w − 1)(h − 1) of its bounding
-      rectangle; a component whose upper bound is below the largest lower bound is never
-      the largest (a hole's contour never exceeds its component's outer contour);
+      rectangles) and (w − 1)(h − 1) of its bounding rectangle, and A ≤ N − 1 without holes
+      (Pick's theorem; all three checked against OpenCV in the tests); a component whose
+      upper bound is below the largest lower bound is never the largest (and a hole's
+      contour never exceeds its component's outer contour);
     - the max of the bound |box ∩ G| / |G| on a hole's IoU (see :func:`_best_iou`) over
       the components that enclose a hole;
     - the number of holes. Each component's holes are counted as it grows: a pixel joining
@@ -336,7 +337,10 @@ def _sweep_pass(H, W, order, n_ge, starts, n_starts, values, gt, holes,
         big_lo, big_hi = 2.0, -1.0
         for s in range(n_live if not holes else 0):
             r = live[s]
-            if 2 * (box[r, 2] - box[r, 0]) * (box[r, 3] - box[r, 1]) >= largest_low:  # may be the largest
+            high = (box[r, 2] - box[r, 0]) * (box[r, 3] - box[r, 1])  # upper bound of the area
+            if n_holes[r] == 0:
+                high = min(high, size[r] - 1)
+            if 2 * high >= largest_low:  # may be the largest
                 big_hi = max(big_hi, iou[r])
                 big_lo = min(big_lo, iou[r])
         out_max[j], out_min[j], out_cover[j] = hi, lo, cov
