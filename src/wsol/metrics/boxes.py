@@ -2,13 +2,14 @@
 §4.1): MaxBoxAcc (V1), MaxBoxAccV2, GT-known / top-1 / top-5 localisation, plus the
 weight-map box rule (weight-map-wsol.txt Eqs. 5-6). Conventions: see the package docstring.
 
-Per image the CAM is quantised once to uint8; the thresholds τ ∈ ``np.arange(0, 1,
-cam_curve_interval)`` map to integer levels ``int(τ·max)``, and the binary map ``q > level``
-only changes where a level crosses a pixel value that occurs in the image, so contours are
-computed once per distinct binary map (≤ 256 per image), on the bounding crop of its
-foreground, and scattered back to the thresholds. Boxes and areas of all the contours of an
-image are then computed in one vectorised pass (``cv2.boundingRect`` = min/max of the points,
-``cv2.contourArea`` = the shoelace sum, exact in integers). State: per-τ counters only.
+Per image the CAM is quantised once to uint8 (as wsolevaluation); the thresholds τ ∈
+``np.arange(0, 1, cam_curve_interval)`` map to integer levels ``int(τ·max)`` and the binary
+maps ``q > level``. wsolevaluation runs ``findContours`` on each of them; here the boxes of
+every contour of every threshold come from one union-find pass over the image's pixels
+(:mod:`wsol.metrics._components`), which gives the same boxes; OpenCV runs only where
+MaxBoxAcc's largest contour is not settled by that pass's area bounds (``contour_boxes``:
+``cv2.boundingRect`` = min/max of the points, ``cv2.contourArea`` = the shoelace sum, exact
+in integers). State: per-τ counters only.
 """
 
 from __future__ import annotations
@@ -249,7 +250,7 @@ class BoxAccumulator:
             return hit1, hit2, bool(box_iou(box[None], gts[i]).max() >= 0.5), s
 
         workers = min(self.workers or torch.get_num_threads(), len(qs))
-        if workers > 1:  # OpenCV releases the GIL: images in parallel threads
+        if workers > 1:  # the numba kernels and OpenCV release the GIL: images in parallel threads
             with ThreadPoolExecutor(workers) as pool:
                 results = list(pool.map(one, range(len(qs))))
         else:
