@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+from wsol.errors import MetricError
 from wsol.metrics import _components as C
 from wsol.metrics import box_iou
 from wsol.metrics.boxes import IOU_DELTAS, box_grid, contour_boxes, image_box_hits
@@ -117,5 +118,5 @@ def test_components_empty_map_and_size_limit():
     q = np.zeros((5, 5), np.uint8)
     hit_v1, hit_v2 = image_box_hits(q, np.array([[0.0, 0.0, 0.0, 0.0]]), box_grid(0.1)[1])
     assert hit_v1.all() and hit_v2.all()  # the box (0, 0, 0, 0) of an empty map, as wsolevaluation
-    with pytest.raises(ValueError, match="32767"):
+    with pytest.raises(MetricError, match="32767"):
         C.level_set_hits(np.zeros((1, 2**15), np.uint8), np.array([1]), np.zeros((1, 4)), np.asarray(IOU_DELTAS))

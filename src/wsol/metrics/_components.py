@@ -36,6 +36,8 @@ from typing import Any
 import numpy as np
 from numba import njit
 
+from wsol.errors import MetricError
+
 
 @njit(cache=True, nogil=True)
 def _find(parent: np.ndarray, p: int) -> int:
@@ -372,9 +374,13 @@ class _Workspace(threading.local):
     maps up to ``KEEP_PIXELS`` are kept between calls, so a large map's buffers are freed."""
 
     KEEP_PIXELS = 1 << 18  # ≈ 16 MB per thread
+    shape: tuple[int, int] | None = None
+    prep: tuple[np.ndarray, ...]
+    order: tuple[np.ndarray, ...]
+    sweep: tuple[np.ndarray, ...]
 
     def get(self, H: int, W: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
-        if getattr(self, "shape", None) == (H, W):
+        if self.shape == (H, W):
             return self.prep, self.order, self.sweep
         n = (H + 2) * (W + 2)
         buffers = (
@@ -427,7 +433,10 @@ def level_set_hits(
     d = np.asarray(deltas, dtype=np.float64)[:, None]
     H, W = q.shape
     if H >= 2**15 or W >= 2**15:
-        raise ValueError(f"level_set_hits: maps up to 32767 pixels a side, got {H}×{W}")
+        raise MetricError(
+            f"box metrics: CAMs up to 32767 pixels a side, got {H}×{W}; evaluate boxes on CAMs resized "
+            "to the image size (or smaller), as wsolevaluation does"
+        )
     prep, order, work = _WORKSPACE.get(H, W)
     n_ge = _prepare(q, *prep, *order)
     upper: Any = _sweep_upper  # numba dispatchers: mypy cannot see the kernels' signatures
