@@ -29,7 +29,6 @@ accumulators' state size after a quarter of the images and at the end (must be e
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from collections.abc import Callable
 
@@ -99,7 +98,7 @@ def main() -> None:
                          "the hole pass of the box sweep can rarely stop early), or one box on the CAM's "
                          "strongest region, jittered (as a trained CAM and its object)")
     args = ap.parse_args()
-    cores = os.cpu_count() or 1
+    cores = torch.get_num_threads()  # torch's default: the accumulator's default image threads
     torch.set_num_threads(args.threads)
     cv2_threads = args.threads
     import cv2
@@ -114,6 +113,9 @@ def main() -> None:
     n_box = args.box_n or n
     print(f"images: {n} × {size}² (boxes: {n_box}, {args.boxes}), batch {args.batch}, torch/OpenCV threads {args.threads}, "
           f"best of {args.repeat} interleaved rounds")
+
+    # load (or, after an install, compile) the numba box kernels once, untimed
+    BoxAccumulator(workers=1).update(batches[0][0][:1], batches[0][2][:1])
 
     for interval in (float(v) for v in args.intervals.split(",")):
         # --- PxAP ---------------------------------------------------------------------------
@@ -169,8 +171,8 @@ def main() -> None:
                 done += k
             return acc
 
-        # ours with the benchmark's thread count, and with the library's default (one thread per
-        # core: the accumulator spreads images over threads) when that differs
+        # ours with the benchmark's thread count, and with the library's default (torch's thread
+        # count, one per core: the accumulator spreads images over threads) when that differs
         runs = {"ref_v2": ref_box(True), "ref_v1": ref_box(False), "ours": lambda: ours_box(args.threads)}
         if cores > args.threads:
             runs["ours_cores"] = lambda: ours_box(cores)
